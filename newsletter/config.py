@@ -1,0 +1,124 @@
+"""Settings: every NEWSLETTER_* environment variable (and `.env`), read once and validated."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
+
+
+class Settings(BaseSettings):
+    """The service's configuration; every field maps to NEWSLETTER_<NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEWSLETTER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite:///newsletter.db"
+    redis_url: str = "redis://localhost:6379/0"
+
+    arxiv_feed_url: str = "https://rss.arxiv.org/rss/"
+    arxiv_api_url: str = "https://export.arxiv.org/api/query"
+    arxiv_delay_seconds: float = Field(3.0, ge=0)
+    arxiv_timeout_seconds: float = Field(30.0, gt=0)
+    arxiv_max_retries: int = Field(4, ge=0, le=10)
+    categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["cs.AI", "cs.LG", "cs.CL", "cs.CV", "cs.RO", "stat.ML"]
+    )
+
+    deepl_auth_key: str | None = None
+    deepl_server_url: str | None = None
+    deepl_daily_character_budget: int = Field(400_000, ge=0)
+    deepl_glossary_file: Path | None = None
+
+    mail_backend: Literal["outbox", "smtp"] = "outbox"
+    outbox_dir: Path = Path("outbox")
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_timeout_seconds: float = Field(30.0, gt=0)
+    smtp_max_per_second: float = Field(20.0, gt=0)
+    smtp_pool_size: int = Field(2, ge=1, le=32)
+    smtp_max_attempts: int = Field(4, ge=1, le=10)
+    smtp_retry_base_seconds: float = Field(1.0, ge=0)
+    dkim_key_file: Path | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+
+    from_address: str = "digest@localhost"
+    from_name: str = "arXiv Digest"
+    list_id: str = "arxiv-digest.localhost"
+    base_url: str = "http://localhost:8000"
+    secret_key: str | None = None
+
+    default_language: str = "ZH-HANS"
+    default_timezone: str = "Asia/Shanghai"
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _split_categories(cls, value: object) -> object:
+        # A comma list is what people write in .env; pydantic-settings would demand JSON.
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _check_categories(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one arXiv category is needed, e.g. cs.LG")
+        for category in value:
+            if not category.replace(".", "").replace("-", "").isalnum():
+                raise ValueError(f"{category!r} is not an arXiv category such as cs.LG")
+        return value
+
+    @field_validator("base_url", "arxiv_feed_url", "arxiv_api_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value.rstrip("/") if not value.endswith("/rss/") else value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.environment == "production":
+            key = (self.secret_key or "").strip()
+            if not key or key.lower() in _PLACEHOLDER_SECRETS or len(key) < 16:
+                raise ValueError(
+                    "NEWSLETTER_SECRET_KEY must be set to a random value of 16+ characters "
+                    "in production"
+                )
+        return self
+
+    @property
+    def feed_url(self) -> str:
+        """The announcement feed URL for the configured categories."""
+        base = self.arxiv_feed_url if self.arxiv_feed_url.endswith("/") else self.arxiv_feed_url + "/"
+        return base + "+".join(self.categories)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's Settings, read once."""
+    return Settings()

@@ -1,0 +1,110 @@
+"""Match: every active subscriber's keyword profile against the day's papers, in one pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlmodel import Session
+
+from newsletter.keywords import KeywordIndex, PaperText
+from newsletter.models import (
+    Announcement,
+    Delivery,
+    Paper,
+    Selection,
+    SentPaper,
+    Subscriber,
+    SubscriberKeyword,
+    SubscriberStatus,
+)
+
+
+@dataclass
+class MatchResult:
+    """What the match stage decided for a day."""
+
+    subscribers: int
+    papers: int
+    selections: int
+    subscribers_with_papers: int
+
+
+def load_profiles(session: Session) -> dict[int, list[str]]:
+    """Active subscribers' keywords, in each subscriber's order."""
+    rows = session.execute(
+        select(SubscriberKeyword.subscriber_id, SubscriberKeyword.expression)
+        .join(Subscriber, Subscriber.id == SubscriberKeyword.subscriber_id)
+        .where(Subscriber.status == SubscriberStatus.ACTIVE)
+        .order_by(SubscriberKeyword.subscriber_id, SubscriberKeyword.position)
+    )
+    profiles: dict[int, list[str]] = defaultdict(list)
+    for subscriber_id, expression in rows:
+        profiles[subscriber_id].append(expression)
+    return dict(profiles)
+
+
+def paper_text(paper: Paper) -> PaperText:
+    """The fields keywords are matched against."""
+    return PaperText(
+        key=paper.arxiv_id,
+        title=paper.title,
+        abstract=paper.abstract,
+        authors=tuple(paper.authors),
+        categories=tuple(paper.categories),
+    )
+
+
+def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
+    """Replace the day's selections with what every profile matches (caller commits)."""
+    profiles = load_profiles(session)
+    index = KeywordIndex.build(profiles.items())
+    papers = session.scalars(
+        select(Paper).join(Announcement, Announcement.arxiv_id == Paper.arxiv_id).where(Announcement.day == day)
+    ).all()
+    day_ids = select(Announcement.arxiv_id).where(Announcement.day == day)
+    already_sent = set(
+        session.execute(
+            select(SentPaper.subscriber_id, SentPaper.arxiv_id).where(
+                SentPaper.day != day, SentPaper.arxiv_id.in_(day_ids)
+            )
+        )
+    )
+    # A digest already claimed for this day keeps the selection it was built from.
+    claimed = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
+    chosen: dict[tuple[int, str], Selection] = {}
+    for paper in papers:
+        for match in index.match(paper_text(paper)):
+            key = (match.subscriber, paper.arxiv_id)
+            if key in already_sent or match.subscriber in claimed:
+                continue
+            existing = chosen.get(key)
+            if existing is None:
+                chosen[key] = Selection(
+                    day=day,
+                    subscriber_id=match.subscriber,
+                    arxiv_id=paper.arxiv_id,
+                    keyword_position=match.position,
+                    terms=sorted(match.terms),
+                )
+            else:
+                existing.keyword_position = min(existing.keyword_position, match.position)
+                existing.terms = sorted(set(existing.terms) | match.terms)
+    session.execute(
+        delete(Selection).where(
+            Selection.day == day,
+            Selection.subscriber_id.not_in(
+                select(Delivery.subscriber_id).where(Delivery.day == day, Delivery.subscriber_id.is_not(None))
+            ),
+        )
+    )
+    session.add_all(chosen.values())
+    session.flush()
+    return MatchResult(
+        subscribers=len(profiles),
+        papers=len(papers),
+        selections=len(chosen),
+        subscribers_with_papers=len({subscriber for subscriber, _ in chosen}),
+    )

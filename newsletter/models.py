@@ -1,0 +1,184 @@
+"""SQLModel tables: subscribers and their keywords, papers, translations, runs, deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# JSONB on PostgreSQL: comparable (DISTINCT works) and compact.
+JSON_VALUE = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    """Aware UTC now (SQLModel's datetime columns refuse naive values)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class Subscriber(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True}, index=True)
+    language: str = Field(default="ZH-HANS", max_length=16)
+    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    status: SubscriberStatus = Field(
+        default=SubscriberStatus.PENDING, sa_column=Column(String(16), nullable=False)
+    )
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    confirmed_at: dt.datetime | None = None
+    unsubscribed_at: dt.datetime | None = None
+    confirmation_sent_at: dt.datetime | None = None
+    consecutive_hard_failures: int = 0
+
+
+class SubscriberKeyword(SQLModel, table=True):
+    __tablename__ = "subscriber_keyword"
+    __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    position: int
+    expression: str = Field(max_length=200)
+
+
+class Paper(SQLModel, table=True):
+    arxiv_id: str = Field(primary_key=True, max_length=40)
+    version: int = 1
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    abstract: str = Field(sa_column=Column(Text, nullable=False))
+    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON_VALUE, nullable=False))
+    categories: list[str] = Field(default_factory=list, sa_column=Column(JSON_VALUE, nullable=False))
+    primary_category: str = Field(default="", max_length=32)
+    comment: str | None = Field(default=None, sa_column=Column(Text))
+    journal_ref: str | None = Field(default=None, sa_column=Column(Text))
+    doi: str | None = Field(default=None, max_length=200)
+    published: dt.datetime | None = None
+    updated: dt.datetime | None = None
+    details_source: str = Field(default="api", max_length=8)
+    harvested_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class AnnounceType(StrEnum):
+    NEW = "new"
+    CROSS = "cross"
+    REPLACE = "replace"
+
+
+class Announcement(SQLModel, table=True):
+    """A paper named by the announcement feed on an announcement day."""
+
+    day: dt.date = Field(primary_key=True)
+    arxiv_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
+    )
+    announce_type: str = Field(max_length=16)
+
+
+class Translation(SQLModel, table=True):
+    arxiv_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
+    )
+    language: str = Field(primary_key=True, max_length=16)
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    abstract: str = Field(sa_column=Column(Text, nullable=False))
+    source: str = Field(default="deepl", max_length=16)
+    billed_characters: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    NO_ANNOUNCEMENT = "no_announcement"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Run(SQLModel, table=True):
+    """One daily run per announcement day."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: dt.date = Field(sa_column_kwargs={"unique": True}, index=True)
+    status: RunStatus = Field(default=RunStatus.RUNNING, sa_column=Column(String(24), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: dt.datetime = Field(default_factory=utcnow)
+    finished_at: dt.datetime | None = None
+    stats: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
+    billed_characters: int = 0
+
+
+class Selection(SQLModel, table=True):
+    """A paper chosen for a subscriber on a day, under the first keyword that matched it."""
+
+    day: dt.date = Field(primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
+    )
+    arxiv_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
+    )
+    keyword_position: int
+    terms: list[str] = Field(default_factory=list, sa_column=Column(JSON_VALUE, nullable=False))
+
+
+class DeliveryStatus(StrEnum):
+    CLAIMED = "claimed"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Delivery(SQLModel, table=True):
+    """One digest per subscriber per announcement day; the row is claimed before sending."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Kept (as NULL) when a subscriber deletes their data, so counts stay anonymous.
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), nullable=True),
+    )
+    day: dt.date = Field(index=True)
+    status: DeliveryStatus = Field(
+        default=DeliveryStatus.CLAIMED, sa_column=Column(String(16), nullable=False)
+    )
+    attempts: int = 0
+    # A failure the next run should try again (the server said "later", the connection dropped).
+    retryable: bool = False
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str | None = Field(default=None, max_length=255)
+    paper_count: int = 0
+    claimed_at: dt.datetime = Field(default_factory=utcnow)
+    sent_at: dt.datetime | None = None
+
+
+class SentPaper(SQLModel, table=True):
+    """A paper a subscriber has been mailed, so no later version or cross-list repeats it."""
+
+    __tablename__ = "sent_paper"
+
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
+    )
+    arxiv_id: str = Field(primary_key=True, max_length=40)
+    day: dt.date
+
+
+class AppSecret(SQLModel, table=True):
+    """Secrets generated on first run (the link-signing key when none is configured)."""
+
+    __tablename__ = "app_secret"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)

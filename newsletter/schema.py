@@ -1,0 +1,24 @@
+"""Create or migrate the database schema with Alembic."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+from newsletter.config import PROJECT_ROOT
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the project's migrations."""
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    return config
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the schema at `engine` to the newest revision."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

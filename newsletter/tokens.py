@@ -1,0 +1,103 @@
+"""Signed links: each token names one subscriber and one purpose, and expires."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from newsletter.config import Settings
+from newsletter.models import AppSecret
+
+_SECRET_NAME = "link_signing_key"
+
+
+class Purpose(StrEnum):
+    CONFIRM = "confirm"
+    MANAGE = "manage"
+    UNSUBSCRIBE = "unsubscribe"
+    ARCHIVE = "archive"
+
+
+# Confirmation links expire after 7 days; links in digests stay valid for a year.
+MAX_AGE_SECONDS = {
+    Purpose.CONFIRM: 7 * 24 * 3600,
+    Purpose.MANAGE: 366 * 24 * 3600,
+    Purpose.UNSUBSCRIBE: 366 * 24 * 3600,
+    Purpose.ARCHIVE: 366 * 24 * 3600,
+}
+
+
+class InvalidToken(Exception):
+    """A link that is tampered, expired or made for another purpose."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subscriber_id: int
+    extra: str = ""
+
+
+def signing_key(session: Session, settings: Settings) -> str:
+    """The configured secret, or one generated into the database on first use."""
+    if settings.secret_key:
+        return settings.secret_key
+    stored = session.get(AppSecret, _SECRET_NAME)
+    if stored is not None:
+        return stored.value
+    candidate = AppSecret(name=_SECRET_NAME, value=secrets.token_urlsafe(48))
+    try:
+        with session.begin_nested():
+            session.add(candidate)
+    except IntegrityError:  # another process generated it first
+        stored = session.get(AppSecret, _SECRET_NAME)
+        assert stored is not None
+        return stored.value
+    return candidate.value
+
+
+class LinkSigner:
+    """Makes and reads the tokens in confirmation, manage, unsubscribe and archive links."""
+
+    def __init__(self, secret: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret, salt="arxiv-digest-links")
+
+    def make(self, purpose: Purpose, subscriber_id: int, extra: str = "") -> str:
+        """A token for `purpose` bound to the subscriber (and e.g. a day for the archive)."""
+        return self._serializer.dumps({"p": purpose.value, "s": subscriber_id, "x": extra})
+
+    def read(self, token: str, purpose: Purpose, max_age: int | None = None) -> TokenClaims:
+        """The claims of a valid token for `purpose`; InvalidToken otherwise."""
+        try:
+            data = self._serializer.loads(token, max_age=max_age or MAX_AGE_SECONDS[purpose])
+        except SignatureExpired as exc:
+            raise InvalidToken("This link has expired.") from exc
+        except BadSignature as exc:
+            raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
+        if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), int):
+            raise InvalidToken("This link is not valid for this page.")
+        return TokenClaims(subscriber_id=data["s"], extra=str(data.get("x", "")))
+
+
+@dataclass(frozen=True)
+class SubscriberLinks:
+    manage: str
+    unsubscribe: str
+    archive: str
+
+
+def subscriber_links(signer: LinkSigner, base_url: str, subscriber_id: int, day: str) -> SubscriberLinks:
+    """The links every digest carries."""
+    return SubscriberLinks(
+        manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, subscriber_id)}",
+        unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, subscriber_id)}",
+        archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, subscriber_id, day)}",
+    )

@@ -1,0 +1,125 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, Settings pointed at them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from newsletter.config import Settings
+from newsletter.db import make_engine
+from newsletter.schema import upgrade_schema
+
+pytest_plugins = ["tests.servers.pytest_plugin"]
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+if not REFERENCE.exists():
+    REFERENCE = Path("/work/shared/reference")
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def services_required() -> bool:
+    """CI sets NEWSLETTER_REQUIRE_SERVICES=1: a missing service fails instead of skipping."""
+    return os.environ.get("NEWSLETTER_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with the reason, or fail when services are required."""
+    if services_required():
+        pytest.fail(f"{reason} (NEWSLETTER_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a test, ignoring any developer .env file."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "outbox_dir": tmp_path / "outbox",
+        "secret_key": "test-secret-key-0123456789",
+        "environment": "test",
+        "smtp_retry_base_seconds": 0.01,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def truncate_all(engine: Engine) -> None:
+    """Empty every table, so no test sees another's rows."""
+    tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test run (runs side by side stay apart)."""
+    admin = create_engine(PG_URL)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
+        admin.dispose()
+        skip_or_fail(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_database_url: str) -> Iterator[Engine]:
+    """The run's PostgreSQL schema, emptied before each test."""
+    engine = make_engine(pg_database_url)
+    truncate_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'newsletter.db'}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """A migrated SQLite database file of the test's own."""
+    engine = make_engine(sqlite_url)
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each test that takes `engine` runs on SQLite and on PostgreSQL."""
+    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
+
+
+@pytest.fixture
+def settings(engine: Engine, tmp_path: Path) -> Settings:
+    return make_settings(engine.url.render_as_string(hide_password=False), tmp_path)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as db:
+        yield db
