@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     base_url: str = "http://localhost:8000"
     secret_key: str | None = None
 
+    # The web app: per-IP limit on form POSTs and on the keyword check, where the counters
+    # live (memory:// per process, or redis://host:port/db shared by every web worker), and
+    # the largest request body accepted.
+    web_post_rate_limit: str = "20/minute"
+    web_check_rate_limit: str = "120/minute"
+    web_rate_limit_storage: str = "memory://"
+    web_rate_limit_prefix: str = "newsletter-web"
+    web_max_body_bytes: int = Field(64 * 1024, ge=1024)
+
     default_language: str = "ZH-HANS"
     default_timezone: str = "Asia/Shanghai"
 
@@ -98,6 +107,17 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("web_post_rate_limit", "web_check_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit such as 20/minute") from exc
         return value
 
     @model_validator(mode="after")

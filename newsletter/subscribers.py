@@ -124,3 +124,10 @@ def unsubscribe(subscriber: Subscriber) -> None:
     """Stop all mail to this subscriber (their data stays until they delete it)."""
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = utcnow()
+
+
+def delete_subscriber(session: Session, subscriber: Subscriber) -> None:
+    """Remove the subscriber with their keywords, selections and sent papers; deliveries keep an anonymous row."""
+    # The foreign keys cascade (and set Delivery.subscriber_id to NULL) in the database itself.
+    session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))
+    session.expunge(subscriber)

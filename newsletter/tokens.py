@@ -35,9 +35,11 @@ MAX_AGE_SECONDS = {
 class InvalidToken(Exception):
     """A link that is tampered, expired or made for another purpose."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str = "tampered") -> None:
         super().__init__(reason)
         self.reason = reason
+        # For pages that explain it in the reader's language: tampered, expired, wrong_page, gone, other_day.
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,11 @@ class LinkSigner:
         try:
             data = self._serializer.loads(token, max_age=max_age or MAX_AGE_SECONDS[purpose])
         except SignatureExpired as exc:
-            raise InvalidToken("This link has expired.") from exc
+            raise InvalidToken("This link has expired.", "expired") from exc
         except BadSignature as exc:
             raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
         if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), int):
-            raise InvalidToken("This link is not valid for this page.")
+            raise InvalidToken("This link is not valid for this page.", "wrong_page")
         return TokenClaims(subscriber_id=data["s"], extra=str(data.get("x", "")))
 
 

@@ -1,0 +1,232 @@
+"""The web pages' strings in English and Simplified Chinese, and picking one for a request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+ENGLISH = "en"
+CHINESE = "zh-Hans"
+PAGE_LANGUAGES = {ENGLISH: "English", CHINESE: "简体中文"}
+
+STRINGS: dict[str, dict[str, str]] = {
+    ENGLISH: {
+        "site_name": "arXiv digest",
+        "switch_language": "Language",
+        "skip_to_content": "Skip to content",
+        "subscribe_title": "Subscribe to the arXiv digest",
+        "subscribe_intro": "Every arXiv announcement day, one email with the new papers that match your keywords, "
+        "in English and in your language.",
+        "email": "Email address",
+        "keywords": "Keywords, one per line",
+        "keywords_help": "A keyword is a phrase (plurals and hyphens are handled). You may also use arXiv search "
+        "syntax: \"quoted phrases\", AND, OR, ANDNOT, parentheses, the fields ti: abs: au: cat: and a trailing * "
+        "for a prefix. At most 20 keywords.",
+        "examples": "Examples",
+        "language": "Digest language",
+        "language_help": "Titles and abstracts are translated into this language, beside the English.",
+        "timezone": "Time zone",
+        "timezone_help": "Dates in the digest are shown in this time zone.",
+        "subscribe_button": "Subscribe",
+        "preview_button": "Check keywords",
+        "preview_title": "Matches over the last {days} announcement days",
+        "preview_none": "No papers are stored yet, so no preview is possible.",
+        "preview_count": "{count} papers",
+        "fix_errors": "Please correct the fields marked below.",
+        "line_error": "Line {line}, character {column}: {message}",
+        "check_inbox_title": "Check your inbox",
+        "check_inbox": "If {email} can receive mail, a message with a confirmation link is on its way. "
+        "The link is valid for 7 days. Nothing is sent until you confirm.",
+        "mail_failed_title": "Mail could not be sent",
+        "mail_failed": "We could not send the confirmation mail just now. Please try again in a few minutes.",
+        "confirm_title": "Confirm your subscription",
+        "confirm_text": "Press the button to start receiving the digest at {email}.",
+        "confirm_button": "Confirm my subscription",
+        "confirmed_title": "Subscription confirmed",
+        "confirmed": "{email} will receive the next digest.",
+        "confirm_stale": "This confirmation link is no longer valid: the subscription was ended afterwards. "
+        "Subscribe again to get a new link.",
+        "manage_title": "Your digest preferences",
+        "manage_for": "Preferences for {email}",
+        "pause": "Pause the digest (keep my keywords)",
+        "save_button": "Save",
+        "saved": "Your preferences are saved.",
+        "status_pending": "Your subscription is not confirmed yet: use the link in the confirmation mail.",
+        "status_unsubscribed": "You are unsubscribed. Subscribe again from the home page if you like.",
+        "delete_title": "Delete my data",
+        "delete_text": "Removes your address, keywords and delivery history. Digests already sent are counted "
+        "anonymously only. This cannot be undone.",
+        "delete_confirm": "Yes, delete all my data",
+        "delete_button": "Delete my data",
+        "deleted_title": "Your data is deleted",
+        "deleted": "We no longer hold your address or your keywords.",
+        "unsubscribe_title": "Unsubscribe",
+        "unsubscribe_text": "Stop sending the arXiv digest to {email}?",
+        "unsubscribe_button": "Unsubscribe",
+        "unsubscribed_title": "You are unsubscribed",
+        "unsubscribed": "{email} will receive no more digests.",
+        "resubscribe_button": "I changed my mind: subscribe again",
+        "resubscribed_title": "Welcome back",
+        "resubscribed": "{email} will receive the digest again.",
+        "manage_link": "Change your preferences",
+        "bad_link_title": "This link is not valid",
+        "link_tampered": "This link is not valid: it may have been altered or cut short.",
+        "link_expired": "This link has expired.",
+        "link_wrong_page": "This link is not valid for this page.",
+        "link_gone": "This link belongs to a subscription that no longer exists.",
+        "link_other_day": "This link is not valid for this day.",
+        "bad_link_help": "Nothing was changed. Use the newest link from your mail, or subscribe again.",
+        "no_digest_title": "No digest for this day",
+        "no_digest": "No digest was sent to you for this announcement day.",
+        "csrf_title": "Please try again",
+        "csrf": "The form had expired or did not come from this site. Nothing was changed. "
+        "Reload the page and submit it again.",
+        "rate_title": "Too many requests",
+        "rate": "Please wait a minute before trying again.",
+        "too_large_title": "Request too large",
+        "too_large": "The form you sent is larger than this site accepts.",
+        "not_found_title": "Page not found",
+        "not_found": "There is no page at this address.",
+        "error_title": "Something went wrong",
+        "home": "Back to the subscription page",
+        "email_invalid": "This email address is not valid: {reason}",
+        "keywords_none": "Give at least one keyword.",
+        "keywords_too_many": "Too many keywords: {count} given, at most {limit} allowed.",
+        "language_unknown": "Choose a language from the list.",
+        "timezone_unknown": "Choose a time zone from the list.",
+        "js_checking": "Checking…",
+        "js_ok": "All keywords are valid.",
+    },
+    CHINESE: {
+        "site_name": "arXiv 每日速递",
+        "switch_language": "语言",
+        "skip_to_content": "跳到正文",
+        "subscribe_title": "订阅 arXiv 每日速递",
+        "subscribe_intro": "每个 arXiv 公告日,我们会发送一封邮件,列出与您的关键词匹配的新论文,"
+        "附英文原文和您选择的语言的译文。",
+        "email": "电子邮箱",
+        "keywords": "关键词(每行一个)",
+        "keywords_help": "关键词是一个短语(自动处理复数和连字符)。也可以使用 arXiv 检索语法:\"带引号的短语\"、AND、OR、"
+        "ANDNOT、括号、字段前缀 ti: abs: au: cat:,以及末尾的 * 表示前缀匹配。最多 20 个关键词。",
+        "examples": "示例",
+        "language": "译文语言",
+        "language_help": "标题和摘要会翻译成这种语言,与英文并列显示。",
+        "timezone": "时区",
+        "timezone_help": "邮件中的日期按此时区显示。",
+        "subscribe_button": "订阅",
+        "preview_button": "检查关键词",
+        "preview_title": "最近 {days} 个公告日的匹配数",
+        "preview_none": "尚未存储任何论文,暂时无法预览。",
+        "preview_count": "{count} 篇论文",
+        "fix_errors": "请修改下面标出的内容。",
+        "line_error": "第 {line} 行,第 {column} 个字符:{message}",
+        "check_inbox_title": "请查收邮件",
+        "check_inbox": "如果 {email} 能够接收邮件,一封带确认链接的邮件正在发送中。链接 7 天内有效。"
+        "确认之前我们不会发送任何速递。",
+        "mail_failed_title": "邮件发送失败",
+        "mail_failed": "暂时无法发送确认邮件,请几分钟后再试。",
+        "confirm_title": "确认订阅",
+        "confirm_text": "点击按钮,开始向 {email} 发送每日速递。",
+        "confirm_button": "确认订阅",
+        "confirmed_title": "订阅已确认",
+        "confirmed": "{email} 将收到下一期速递。",
+        "confirm_stale": "此确认链接已失效:该订阅之后已被退订。请重新订阅以获取新链接。",
+        "manage_title": "订阅设置",
+        "manage_for": "{email} 的订阅设置",
+        "pause": "暂停发送(保留关键词)",
+        "save_button": "保存",
+        "saved": "设置已保存。",
+        "status_pending": "您的订阅尚未确认:请使用确认邮件中的链接。",
+        "status_unsubscribed": "您已退订。如需要,可在首页重新订阅。",
+        "delete_title": "删除我的数据",
+        "delete_text": "删除您的邮箱地址、关键词和发送记录。已发送的速递只保留匿名计数。此操作无法撤销。",
+        "delete_confirm": "是的,删除我的全部数据",
+        "delete_button": "删除我的数据",
+        "deleted_title": "您的数据已删除",
+        "deleted": "我们不再保存您的邮箱地址和关键词。",
+        "unsubscribe_title": "退订",
+        "unsubscribe_text": "不再向 {email} 发送 arXiv 每日速递?",
+        "unsubscribe_button": "退订",
+        "unsubscribed_title": "您已退订",
+        "unsubscribed": "{email} 将不再收到速递。",
+        "resubscribe_button": "我改主意了:重新订阅",
+        "resubscribed_title": "欢迎回来",
+        "resubscribed": "{email} 将重新收到速递。",
+        "manage_link": "修改订阅设置",
+        "bad_link_title": "链接无效",
+        "link_tampered": "此链接无效:可能被修改或不完整。",
+        "link_expired": "此链接已过期。",
+        "link_wrong_page": "此链接不适用于此页面。",
+        "link_gone": "此链接对应的订阅已不存在。",
+        "link_other_day": "此链接不适用于这一天。",
+        "bad_link_help": "没有做任何更改。请使用邮件中最新的链接,或重新订阅。",
+        "no_digest_title": "这一天没有速递",
+        "no_digest": "这个公告日没有向您发送速递。",
+        "csrf_title": "请重试",
+        "csrf": "表单已过期或并非来自本站。没有做任何更改。请刷新页面后重新提交。",
+        "rate_title": "请求过于频繁",
+        "rate": "请稍等一分钟再试。",
+        "too_large_title": "请求过大",
+        "too_large": "您提交的表单超出了本站接受的大小。",
+        "not_found_title": "页面不存在",
+        "not_found": "此地址没有页面。",
+        "error_title": "出错了",
+        "home": "返回订阅页面",
+        "email_invalid": "邮箱地址无效:{reason}",
+        "keywords_none": "请至少填写一个关键词。",
+        "keywords_too_many": "关键词过多:填写了 {count} 个,最多 {limit} 个。",
+        "language_unknown": "请从列表中选择语言。",
+        "timezone_unknown": "请从列表中选择时区。",
+        "js_checking": "正在检查…",
+        "js_ok": "所有关键词均有效。",
+    },
+}
+
+
+class Translator:
+    """The strings of one page language: `t("key", name=value)` in templates."""
+
+    def __init__(self, language: str) -> None:
+        self.language = language if language in STRINGS else ENGLISH
+        self._strings = STRINGS[self.language]
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = self._strings.get(key) or STRINGS[ENGLISH][key]
+        return text.format(**values) if values else text
+
+
+def parse_language_tag(tag: str | None) -> str | None:
+    """The page language a tag such as zh-CN, zh-Hans or en-GB asks for, if we have it."""
+    if not tag:
+        return None
+    tag = tag.strip().lower()
+    if tag.startswith("zh"):
+        # Traditional-script readers get English rather than the wrong script.
+        return None if any(part in tag for part in ("hant", "-tw", "-hk", "-mo")) else CHINESE
+    if tag.startswith("en"):
+        return ENGLISH
+    return None
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The best page language for an Accept-Language header (English when nothing fits)."""
+    ranked: list[tuple[float, int, str]] = []
+    for order, item in enumerate((accept_language or "").split(",")):
+        tag, _, params = item.partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                continue
+        language = parse_language_tag(tag)
+        if language and quality > 0:
+            ranked.append((-quality, order, language))
+    return min(ranked)[2] if ranked else ENGLISH
+
+
+def page_language(query: Mapping[str, str], cookies: Mapping[str, str], accept_language: str | None) -> str:
+    """?lang= first, then the remembered choice, then the browser's preference."""
+    for choice in (query.get("lang"), cookies.get("lang")):
+        if choice in STRINGS:
+            return choice
+    return negotiate(accept_language)
