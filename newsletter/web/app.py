@@ -175,6 +175,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         t = translator(request)
         return message(request, 422, t("error_title"), t("fix_errors"))
 
+    # Inside the page middleware below: an exception it sees from a body read would arrive wrapped
+    # in a task group's ExceptionGroup, and FastAPI would answer 400 instead of 413.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.web_max_body_bytes)
+
     @app.middleware("http")
     async def page_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request.state.lang = page_language(
@@ -199,7 +203,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers["Cache-Control"] = "no-store"
         return response
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.web_max_body_bytes)
     app.mount("/static", StaticFiles(directory=str(TEMPLATES_DIR / "web" / "static")), name="static")
 
     @app.get("/health", response_class=PlainTextResponse)
@@ -311,7 +314,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form = {"keywords": "\n".join(keywords), "language": subscriber.language, "timezone": subscriber.timezone,
                 "paused": subscriber.status == SubscriberStatus.PAUSED, **context.pop("form", {})}  # type: ignore[dict-item]
         return page(request, "manage.html", status_code, token=token, email=subscriber.email,
-                    status=subscriber.status.value, form=form, **context)
+                    status=str(subscriber.status), form=form, **context)
 
     @app.get("/manage/{token}", response_class=HTMLResponse)
     def manage_form(request: Request, token: str, db: SessionDep) -> Response:

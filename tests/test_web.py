@@ -1,0 +1,615 @@
+"""The web app over HTTP: subscribe, confirm, manage, unsubscribe, delete, archive, and every refusal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from newsletter.config import Settings
+from newsletter.models import (
+    Announcement,
+    Delivery,
+    DeliveryStatus,
+    Paper,
+    Selection,
+    SentPaper,
+    Subscriber,
+    SubscriberKeyword,
+    SubscriberStatus,
+)
+from newsletter.subscribers import find_subscriber, subscribe
+from newsletter.tokens import LinkSigner, Purpose
+from tests.conftest import REDIS_URL, make_settings, skip_or_fail
+from tests.web_helpers import Visitor, link_in, outbox_mail, visible_text
+
+SECRET = "test-secret-key-0123456789"
+
+
+@pytest.fixture
+def lite_settings(sqlite_engine: Engine, tmp_path: Path) -> Settings:
+    """Settings on a SQLite file of the test's own (for tests that don't depend on the database)."""
+    return make_settings(sqlite_engine.url.render_as_string(hide_password=False), tmp_path)
+
+
+def stored(settings: Settings, address: str) -> Subscriber | None:
+    from newsletter.db import engine_for
+
+    with Session(engine_for(settings.database_url)) as db:
+        return find_subscriber(db, address)
+
+
+def keywords_of(settings: Settings, address: str) -> list[str]:
+    from newsletter.db import engine_for
+
+    with Session(engine_for(settings.database_url)) as db:
+        subscriber = find_subscriber(db, address)
+        assert subscriber is not None
+        return list(
+            db.scalars(
+                select(SubscriberKeyword.expression)
+                .where(SubscriberKeyword.subscriber_id == subscriber.id)
+                .order_by(SubscriberKeyword.position)
+            )
+        )
+
+
+def add_subscriber(session: Session, address: str, keywords: list[str], confirmed: bool = True) -> int:
+    subscriber = subscribe(session, address, keywords, confirmed=confirmed)
+    session.commit()
+    assert subscriber.id is not None
+    return subscriber.id
+
+
+def token(purpose: Purpose, subscriber_id: int, extra: str = "") -> str:
+    return LinkSigner(SECRET).make(purpose, subscriber_id, extra)
+
+
+def token_made_ago(purpose: Purpose, subscriber_id: int, age: dt.timedelta) -> str:
+    """A token in the production format, signed `age` ago (as if the mail had waited that long)."""
+
+    class SignedEarlier(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time() - age.total_seconds())
+
+    serializer = URLSafeTimedSerializer(SECRET, salt="arxiv-digest-links", signer=SignedEarlier)
+    return serializer.dumps({"p": purpose.value, "s": subscriber_id, "x": ""})
+
+
+# ---------------------------------------------------------------------------------------
+# Subscribing and confirming
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_subscribe_page_offers_languages_with_simplified_chinese_first_and_explains_the_syntax(
+    lite_settings: Settings,
+) -> None:
+    page = Visitor(lite_settings).get("/")
+
+    assert page.status_code == 200
+    options = re.findall(r'<option value="([^"]+)"', page.text)
+    assert options[0] == "ZH-HANS" and "DE" in options and "JA" in options
+    assert 'name="email"' in page.text and 'name="keywords"' in page.text and 'name="timezone"' in page.text
+    assert '<label for="keywords">' in page.text and '<label for="email">' in page.text
+    text = visible_text(page.text)
+    assert "ANDNOT" in text and "ti:transformer* AND cat:cs.RO" in text
+    assert "<option selected>Asia/Shanghai</option>" in page.text
+
+
+def test_subscribing_stores_a_pending_subscriber_and_mails_a_confirmation_link(
+    settings: Settings,
+) -> None:
+    visitor = Visitor(settings)
+
+    answer = visitor.subscribe("  Ada@Example.ORG ", "reinforcement learning\n\ndiffusion policy\n")
+
+    assert answer.status_code == 200
+    assert "Check your inbox" in answer.text
+    subscriber = stored(settings, "ada@example.org")
+    assert subscriber is not None and subscriber.status == SubscriberStatus.PENDING
+    assert keywords_of(settings, "ada@example.org") == ["reinforcement learning", "diffusion policy"]
+    mail = outbox_mail(settings, "ada@example.org")
+    assert mail["To"] == "ada@example.org"
+    assert "/confirm/" in link_in(mail, "confirm")
+
+
+def test_the_confirmation_page_shows_a_button_and_only_the_post_confirms(settings: Settings) -> None:
+    visitor = Visitor(settings)
+    visitor.subscribe("ada@example.org")
+    confirm_path = link_in(outbox_mail(settings, "ada@example.org"), "confirm")
+
+    shown = visitor.get(confirm_path)
+
+    assert shown.status_code == 200
+    assert f'<form method="post" action="{confirm_path}">' in shown.text
+    assert stored(settings, "ada@example.org").status == SubscriberStatus.PENDING  # type: ignore[union-attr]
+
+    confirmed = visitor.submit(confirm_path, confirm_path, {})
+
+    assert confirmed.status_code == 200
+    assert "Subscription confirmed" in confirmed.text
+    subscriber = stored(settings, "ada@example.org")
+    assert subscriber is not None and subscriber.status == SubscriberStatus.ACTIVE and subscriber.confirmed_at
+
+
+def test_the_answer_is_the_same_for_a_known_address_and_its_preferences_stay(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        add_subscriber(db, "known@example.org", ["quantum computing"])
+    visitor = Visitor(lite_settings)
+
+    unknown = visitor.subscribe("new@example.org", "graph neural network")
+    known = visitor.subscribe("known@example.org", "graph neural network")
+
+    assert known.status_code == unknown.status_code == 200
+    assert visible_text(known.text).replace("known@", "X@") == visible_text(unknown.text).replace("new@", "X@")
+    assert keywords_of(lite_settings, "known@example.org") == ["quantum computing"]
+    # The owner of the known address is told, with their manage link, instead of a confirmation.
+    notice = outbox_mail(lite_settings, "known@example.org")
+    assert "already" in notice["Subject"]
+    assert Visitor(lite_settings).get(link_in(notice, "manage")).status_code == 200
+
+
+def test_at_most_one_confirmation_mail_goes_to_an_address_per_ten_minutes(
+    lite_settings: Settings, sqlite_engine: Engine, smtp_sink
+) -> None:  # type: ignore[no-untyped-def]
+    settings = lite_settings.model_copy(update={"mail_backend": "smtp", "smtp_port": smtp_sink.port,
+                                                "smtp_host": "127.0.0.1"})
+    visitor = Visitor(settings)
+
+    for _ in range(3):
+        assert visitor.subscribe("ada@example.org").status_code == 200
+    assert len(smtp_sink.messages_to("ada@example.org")) == 1
+
+    with Session(sqlite_engine) as db:  # eleven minutes later
+        eleven_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=11)
+        db.execute(update(Subscriber).values(confirmation_sent_at=eleven_minutes_ago))
+        db.commit()
+    visitor.subscribe("ada@example.org")
+
+    assert len(smtp_sink.messages_to("ada@example.org")) == 2
+
+
+def test_a_confirmation_mail_that_cannot_be_sent_says_so_and_may_be_retried_at_once(
+    lite_settings: Settings, smtp_sink
+) -> None:  # type: ignore[no-untyped-def]
+    settings = lite_settings.model_copy(update={"mail_backend": "smtp", "smtp_port": smtp_sink.port,
+                                                "smtp_host": "127.0.0.1"})
+    visitor = Visitor(settings)
+    smtp_sink.reject_address("ada@example.org")
+
+    failed = visitor.subscribe("ada@example.org")
+
+    assert failed.status_code == 503
+    assert "could not send" in failed.text
+    smtp_sink.accept_address("ada@example.org")
+    assert visitor.subscribe("ada@example.org").status_code == 200
+    assert len(smtp_sink.messages_to("ada@example.org")) == 1
+
+
+def test_a_confirmation_link_expires_after_seven_days(lite_settings: Settings, sqlite_engine: Engine) -> None:
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"], confirmed=False)
+    visitor = Visitor(lite_settings)
+    fresh = token_made_ago(Purpose.CONFIRM, subscriber_id, dt.timedelta(days=6, hours=23))
+    old = token_made_ago(Purpose.CONFIRM, subscriber_id, dt.timedelta(days=7, minutes=1))
+
+    assert visitor.get(f"/confirm/{fresh}").status_code == 200
+    expired = visitor.submit(f"/confirm/{fresh}", f"/confirm/{old}", {})
+
+    assert expired.status_code == 400
+    assert "expired" in expired.text
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_an_old_confirmation_link_does_not_undo_an_unsubscribe(lite_settings: Settings, sqlite_engine: Engine) -> None:
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
+    visitor = Visitor(lite_settings)
+    visitor.submit("/", f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}", {})
+
+    answer = visitor.submit("/", f"/confirm/{token(Purpose.CONFIRM, subscriber_id)}", {})
+
+    assert answer.status_code == 400
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mangle", ["tamper", "truncate", "other_purpose", "garbage"])
+def test_a_bad_link_gets_a_clear_400_page_and_changes_nothing(
+    lite_settings: Settings, sqlite_engine: Engine, mangle: str
+) -> None:
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
+    good = token(Purpose.UNSUBSCRIBE, subscriber_id)
+    bad = {
+        "tamper": good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB"),
+        "truncate": good[: len(good) // 2],
+        "other_purpose": token(Purpose.MANAGE, subscriber_id),
+        "garbage": "not-a-token",
+    }[mangle]
+    visitor = Visitor(lite_settings)
+
+    shown = visitor.get(f"/unsubscribe/{bad}")
+    acted = visitor.submit("/", f"/unsubscribe/{bad}", {})
+    one_click = visitor.client.post(f"/unsubscribe/{bad}", data={"List-Unsubscribe": "One-Click"})
+
+    for answer in (shown, acted, one_click):
+        assert answer.status_code == 400
+        assert "This link is not valid" in answer.text
+        assert "Nothing was changed" in answer.text
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------
+# Managing
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_manage_link_changes_keywords_language_time_zone_and_pauses(
+    settings: Settings, session: Session
+) -> None:
+    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+    visitor = Visitor(settings)
+
+    page = visitor.get(manage)
+    assert page.status_code == 200 and "ada@example.org" in page.text and ">robotics</textarea>" in page.text
+
+    saved = visitor.submit(manage, manage, {"keywords": "swarm robotics\nau:Hinton", "language": "JA",
+                                            "timezone": "Europe/Berlin", "paused": "true"})
+
+    assert saved.status_code == 200 and "Your preferences are saved." in saved.text
+    subscriber = stored(settings, "ada@example.org")
+    assert subscriber is not None
+    assert (subscriber.language, subscriber.timezone, subscriber.status) == ("JA", "Europe/Berlin", "paused")
+    assert keywords_of(settings, "ada@example.org") == ["swarm robotics", "au:Hinton"]
+
+    visitor.submit(manage, manage, {"keywords": "swarm robotics", "language": "JA", "timezone": "Europe/Berlin"})
+    assert stored(settings, "ada@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+
+def test_a_keyword_that_does_not_parse_is_shown_next_to_the_field_and_nothing_is_saved(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+
+    answer = Visitor(lite_settings).submit(
+        manage, manage, {"keywords": "robotics\n  (swarm AND", "language": "ZH-HANS", "timezone": "Nowhere/City"}
+    )
+
+    assert answer.status_code == 422
+    keyword_error = re.search(r'<p class="field-error" id="keywords-error">(.*?)</p>', answer.text, re.S)
+    assert keyword_error and "Line 2, character" in keyword_error.group(1)
+    assert 'aria-invalid="true"' in answer.text
+    assert re.search(r'id="timezone-error">Choose a time zone', answer.text)
+    assert keywords_of(lite_settings, "ada@example.org") == ["robotics"]
+
+
+def test_delete_my_data_removes_the_subscriber_and_keeps_only_an_anonymous_delivery_count(
+    settings: Settings, session: Session
+) -> None:
+    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
+    day = dt.date(2026, 11, 24)
+    session.add(Paper(arxiv_id="2611.00001", title="Swarm robotics", abstract="Robots."))
+    session.flush()
+    session.add(Selection(day=day, subscriber_id=subscriber_id, arxiv_id="2611.00001", keyword_position=0))
+    session.add(SentPaper(subscriber_id=subscriber_id, arxiv_id="2611.00001", day=day))
+    session.add(Delivery(subscriber_id=subscriber_id, day=day, status=DeliveryStatus.SENT, paper_count=1))
+    session.commit()
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+    visitor = Visitor(settings)
+
+    unticked = visitor.submit(manage, f"{manage}/delete", {})
+    assert unticked.status_code == 422 and stored(settings, "ada@example.org") is not None
+
+    deleted = visitor.submit(manage, f"{manage}/delete", {"confirm_delete": "yes"})
+
+    assert deleted.status_code == 200 and "Your data is deleted" in deleted.text
+    session.expire_all()
+    assert stored(settings, "ada@example.org") is None
+    for table in (SubscriberKeyword, Selection, SentPaper):
+        assert session.scalar(select(func.count()).select_from(table)) == 0
+    delivery = session.scalars(select(Delivery)).one()
+    assert delivery.subscriber_id is None and delivery.paper_count == 1
+    assert visitor.get(manage).status_code == 400
+
+
+# ---------------------------------------------------------------------------------------
+# Leaving and coming back
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_unsubscribe_page_asks_first_and_the_button_unsubscribes(settings: Settings, session: Session) -> None:
+    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
+    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+    visitor = Visitor(settings)
+
+    shown = visitor.get(unsubscribe)
+    assert shown.status_code == 200 and "Stop sending the arXiv digest to ada@example.org?" in shown.text
+    assert stored(settings, "ada@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+    done = visitor.submit(unsubscribe, unsubscribe, {})
+
+    assert done.status_code == 200 and "ada@example.org will receive no more digests." in done.text
+    assert stored(settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
+def test_the_one_click_post_of_rfc_8058_unsubscribes_at_once_without_cookie_or_csrf(
+    settings: Settings, session: Session
+) -> None:
+    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
+    url = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+    mail_provider = Visitor(settings).client  # no page visited: no cookie
+
+    answer = mail_provider.post(url, content=b"List-Unsubscribe=One-Click",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+    assert answer.status_code == 200
+    assert stored(settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
+def test_an_unsubscribed_reader_can_undo_it_or_subscribe_again_later(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
+    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+    visitor = Visitor(lite_settings)
+    visitor.submit(unsubscribe, unsubscribe, {})
+
+    undone = visitor.submit("/", f"{unsubscribe}/undo", {})
+    assert undone.status_code == 200 and "Welcome back" in undone.text
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+    visitor.submit(unsubscribe, unsubscribe, {})
+    visitor.subscribe("ada@example.org", "soft robotics")
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.PENDING  # type: ignore[union-attr]
+    confirm = link_in(outbox_mail(lite_settings, "ada@example.org"), "confirm")
+    visitor.submit(confirm, confirm, {})
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+    assert keywords_of(lite_settings, "ada@example.org") == ["soft robotics"]
+
+
+# ---------------------------------------------------------------------------------------
+# Archive
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_archive_shows_the_digest_a_subscriber_received_only_through_its_signed_link(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    day = dt.date(2026, 11, 24)
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "ada@example.org", ["swarm robotics"])
+        db.add(Paper(arxiv_id="2611.00001", title="Decentralised swarm robotics at scale", abstract="Robots.",
+                     authors=["A. Author"], categories=["cs.RO"], primary_category="cs.RO"))
+        db.flush()
+        db.add(Announcement(day=day, arxiv_id="2611.00001", announce_type="new"))
+        db.add(Selection(day=day, subscriber_id=subscriber_id, arxiv_id="2611.00001", keyword_position=0))
+        db.add(Delivery(subscriber_id=subscriber_id, day=day, status=DeliveryStatus.SENT, paper_count=1))
+        db.commit()
+    visitor = Visitor(lite_settings)
+    archive = f"/archive/{day}/{token(Purpose.ARCHIVE, subscriber_id, day.isoformat())}"
+
+    page = visitor.get(archive)
+
+    assert page.status_code == 200
+    assert "Decentralised swarm robotics at scale" in page.text and "2611.00001" in page.text
+    assert "script-src" not in page.headers["Content-Security-Policy"]
+    other_day = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber_id, day.isoformat())}")
+    assert other_day.status_code == 400
+    not_sent = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber_id, '2026-11-23')}")
+    assert not_sent.status_code == 404 and "No digest" in not_sent.text
+    assert visitor.get(f"/archive/{day}/{token(Purpose.MANAGE, subscriber_id)}").status_code == 400
+
+
+# ---------------------------------------------------------------------------------------
+# Keyword check and preview
+# ---------------------------------------------------------------------------------------
+
+
+def seed_papers(session: Session, days: int) -> list[dt.date]:
+    """One robotics paper per announcement day, oldest first, plus one vision paper on the newest day."""
+    announced = [dt.date(2026, 11, 1) + dt.timedelta(days=i) for i in range(days)]
+    for number, day in enumerate(announced):
+        arxiv_id = f"2611.{number:05d}"
+        session.add(Paper(arxiv_id=arxiv_id, title=f"Swarm robotics study {number}", abstract="We study robots.",
+                          categories=["cs.RO"]))
+        session.flush()
+        session.add(Announcement(day=day, arxiv_id=arxiv_id, announce_type="new"))
+    session.add(Paper(arxiv_id="2611.99999", title="Image segmentation", abstract="Pixels.", categories=["cs.CV"]))
+    session.flush()
+    session.add(Announcement(day=announced[-1], arxiv_id="2611.99999", announce_type="new"))
+    session.commit()
+    return announced
+
+
+def test_the_keyword_check_counts_matches_over_the_last_seven_announcement_days(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        seed_papers(db, days=9)  # the two oldest days are outside the window
+
+    answer = Visitor(lite_settings).get("/api/keywords", params={"keywords": "swarm robotics\ncat:cs.CV\nquantum"})
+
+    assert answer.status_code == 200
+    result = answer.json()
+    assert result["valid"] is True and result["days"] == 7
+    assert [(c["keyword"], c["count"]) for c in result["counts"]] == [
+        ("swarm robotics", 7), ("cat:cs.CV", 1), ("quantum", 0)
+    ]
+
+
+def test_the_keyword_check_reports_where_a_keyword_is_wrong(lite_settings: Settings) -> None:
+    result = Visitor(lite_settings).get("/api/keywords", params={"keywords": "robotics\nswarm AND"}).json()
+
+    assert result["valid"] is False
+    assert result["errors"] == ["Line 2, character 7: operator AND needs a term after it"]
+
+
+def test_the_check_button_previews_counts_without_javascript_and_subscribes_nobody(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        seed_papers(db, days=3)
+
+    answer = Visitor(lite_settings).subscribe("ada@example.org", "swarm robotics", action="preview")
+
+    assert answer.status_code == 200
+    assert "Matches over the last 3 announcement days" in answer.text
+    assert "<code>swarm robotics</code>: 3 papers" in answer.text
+    assert 'value="ada@example.org"' in answer.text
+    assert stored(lite_settings, "ada@example.org") is None
+
+
+# ---------------------------------------------------------------------------------------
+# Abuse
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_form_post_without_a_valid_csrf_token_is_refused_and_changes_nothing(lite_settings: Settings) -> None:
+    visitor = Visitor(lite_settings)
+    form = {"email": "ada@example.org", "keywords": "robotics", "language": "ZH-HANS", "timezone": "UTC"}
+    visitor.get("/")  # has the cookie, but sends no field
+    no_field = visitor.client.post("/subscribe", data=form)
+    stranger = Visitor(lite_settings)  # a field from someone else's page
+    other_token = re.search(r'name="csrf_token" value="([^"]+)"', stranger.get("/").text).group(1)  # type: ignore[union-attr]
+    wrong_field = visitor.client.post("/subscribe", data={**form, "csrf_token": other_token})
+    no_cookie = Visitor(lite_settings).client.post("/subscribe", data={**form, "csrf_token": other_token})
+
+    for answer in (no_field, wrong_field, no_cookie):
+        assert answer.status_code == 403
+        assert "Nothing was changed" in answer.text
+    assert stored(lite_settings, "ada@example.org") is None
+    assert not (Path(lite_settings.outbox_dir) / "confirmations").exists()
+
+
+def test_too_many_posts_from_one_address_get_429(lite_settings: Settings) -> None:
+    settings = lite_settings.model_copy(update={"web_post_rate_limit": "3/minute"})
+    visitor = Visitor(settings)
+
+    answers = [visitor.subscribe(f"reader{i}@example.org") for i in range(4)]
+
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert int(answers[-1].headers["Retry-After"]) > 0
+    assert "Too many requests" in answers[-1].text
+    assert stored(settings, "reader3@example.org") is None
+    assert stored(settings, "reader2@example.org") is not None
+
+
+@pytest.mark.redis
+def test_the_rate_limit_is_shared_through_redis_by_every_web_worker(lite_settings: Settings) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}")
+    settings = lite_settings.model_copy(update={
+        "web_post_rate_limit": "2/minute", "web_rate_limit_storage": REDIS_URL,
+        "web_rate_limit_prefix": f"test-web-{uuid.uuid4().hex}",
+    })
+    first_worker, second_worker = Visitor(settings), Visitor(settings)
+
+    assert first_worker.subscribe("one@example.org").status_code == 200
+    assert second_worker.subscribe("two@example.org").status_code == 200
+    assert first_worker.subscribe("three@example.org").status_code == 429
+    first_worker.app.state.limiter.storage.reset()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "victim@example.org\r\nBcc: everyone@example.org",
+        "victim@example.org\nSubject: hi",
+        "victim@example.org%0d%0aBcc:everyone@example.org",
+        "Victim <victim@example.org>, everyone@example.org",
+    ],
+)
+def test_header_injection_through_the_email_field_is_refused(lite_settings: Settings, address: str) -> None:
+    answer = Visitor(lite_settings).subscribe(address)
+
+    assert answer.status_code == 422
+    assert re.search(r'id="email-error">This email address is not valid', answer.text)
+    assert not (Path(lite_settings.outbox_dir) / "confirmations").exists()
+
+
+XSS = '<script>alert(1)</script>'
+
+
+def test_script_in_keywords_is_shown_as_text_never_run(lite_settings: Settings, sqlite_engine: Engine) -> None:
+    visitor = Visitor(lite_settings)
+
+    rejected = visitor.subscribe("ada@example.org", f"{XSS}\n(broken")
+    check = visitor.get("/api/keywords", params={"keywords": f'"{XSS}" AND'})
+    with Session(sqlite_engine) as db:
+        subscriber_id = add_subscriber(db, "bob@example.org", ['"<img src=x onerror=alert(1)>" AND robots'])
+    manage = visitor.get(f"/manage/{token(Purpose.MANAGE, subscriber_id)}")
+
+    assert rejected.status_code == 422
+    for page in (rejected.text, manage.text):
+        assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rejected.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in manage.text
+    assert check.headers["content-type"] == "application/json"
+    assert "script-src 'self'" in rejected.headers["Content-Security-Policy"]
+
+
+def test_a_request_body_over_the_cap_gets_413(lite_settings: Settings) -> None:
+    visitor = Visitor(lite_settings)
+    huge = "a" * (lite_settings.web_max_body_bytes + 1)
+
+    declared = visitor.submit("/", "/subscribe", {"email": "ada@example.org", "keywords": huge})
+    streamed = visitor.client.post(
+        "/subscribe", content=(chunk.encode() for chunk in [huge[:40000], huge[40000:]]),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert declared.status_code == 413
+    assert streamed.status_code == 413
+    assert stored(lite_settings, "ada@example.org") is None
+
+
+# ---------------------------------------------------------------------------------------
+# Languages and health
+# ---------------------------------------------------------------------------------------
+
+
+def test_pages_follow_accept_language_and_the_switch_is_remembered(lite_settings: Settings) -> None:
+    chinese_reader = Visitor(lite_settings, **{"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
+    english_reader = Visitor(lite_settings, **{"Accept-Language": "de-DE,en-GB;q=0.7"})
+
+    chinese = chinese_reader.get("/")
+    assert '<html lang="zh-Hans">' in chinese.text and "订阅 arXiv 每日速递" in chinese.text
+    assert '<html lang="en">' in english_reader.get("/").text
+
+    switched = chinese_reader.get("/?lang=en")
+    assert "Subscribe to the arXiv digest" in switched.text
+    assert '<html lang="en">' in chinese_reader.get("/").text  # the cookie remembers the choice
+    answer = english_reader.get("/?lang=zh-Hans")
+    assert "电子邮箱" in answer.text
+
+
+def test_the_health_endpoint_answers_when_the_database_does(lite_settings: Settings) -> None:
+    answer = Visitor(lite_settings).get("/health")
+
+    assert answer.status_code == 200 and answer.text == "ok"
+
+
+def test_the_health_endpoint_says_503_when_the_database_is_gone(tmp_path: Path) -> None:
+    settings = make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1", tmp_path)
+
+    answer = Visitor(settings).get("/health")
+
+    assert answer.status_code == 503 and "database unavailable" in answer.text
