@@ -277,8 +277,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "valid": True,
             "errors": [],
             "days": preview.days,
-            "title": t("preview_title", days=preview.days) if preview.days else t("preview_none"),
-            "counts": [{"keyword": k, "count": c, "label": t("preview_count", count=c)}
+            "title": t.count("preview_title", preview.days, "days") if preview.days else t("preview_none"),
+            "counts": [{"keyword": k, "count": c, "label": t.count("preview_count", c)}
                        for k, c in zip(distinct, preview.counts, strict=True)],
         })
 

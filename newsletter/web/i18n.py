@@ -31,6 +31,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "preview_title": "Matches over the last {days} announcement days",
         "preview_none": "No papers are stored yet, so no preview is possible.",
         "preview_count": "{count} papers",
+        "preview_count_one": "1 paper",
+        "preview_title_one": "Matches on the last announcement day",
         "fix_errors": "Please correct the fields marked below.",
         "line_error": "Line {line}, character {column}: {message}",
         "check_inbox_title": "Check your inbox",
@@ -101,45 +103,48 @@ STRINGS: dict[str, dict[str, str]] = {
         "switch_language": "语言",
         "skip_to_content": "跳到正文",
         "subscribe_title": "订阅 arXiv 每日速递",
-        "subscribe_intro": "每个 arXiv 公告日,我们会发送一封邮件,列出与您的关键词匹配的新论文,"
+        "subscribe_intro": "每个 arXiv 公告日，我们会发送一封邮件，列出与您的关键词匹配的新论文，"
         "附英文原文和您选择的语言的译文。",
         "email": "电子邮箱",
-        "keywords": "关键词(每行一个)",
-        "keywords_help": "关键词是一个短语(自动处理复数和连字符)。也可以使用 arXiv 检索语法:\"带引号的短语\"、AND、OR、"
-        "ANDNOT、括号、字段前缀 ti: abs: au: cat:,以及末尾的 * 表示前缀匹配。最多 20 个关键词。",
+        "keywords": "关键词（每行一个）",
+        "keywords_help": "关键词是一个短语（自动处理复数和连字符）。也可以使用 arXiv 检索语法："
+        "\"带引号的短语\"、AND、OR、ANDNOT、括号、字段前缀 ti: abs: au: cat:，"
+        "以及末尾的 * 表示前缀匹配。最多 20 个关键词。",
         "examples": "示例",
         "language": "译文语言",
-        "language_help": "标题和摘要会翻译成这种语言,与英文并列显示。",
+        "language_help": "标题和摘要会翻译成这种语言，与英文并列显示。",
         "timezone": "时区",
         "timezone_help": "邮件中的日期按此时区显示。",
         "subscribe_button": "订阅",
         "preview_button": "检查关键词",
         "preview_title": "最近 {days} 个公告日的匹配数",
-        "preview_none": "尚未存储任何论文,暂时无法预览。",
+        "preview_none": "尚未存储任何论文，暂时无法预览。",
         "preview_count": "{count} 篇论文",
+        "preview_count_one": "1 篇论文",
+        "preview_title_one": "最近一个公告日的匹配数",
         "fix_errors": "请修改下面标出的内容。",
-        "line_error": "第 {line} 行,第 {column} 个字符:{message}",
+        "line_error": "第 {line} 行，第 {column} 个字符：{message}",
         "check_inbox_title": "请查收邮件",
-        "check_inbox": "如果 {email} 能够接收邮件,一封带确认链接的邮件正在发送中。链接 7 天内有效。"
+        "check_inbox": "如果 {email} 能够接收邮件，一封带确认链接的邮件正在发送中。链接 7 天内有效。"
         "确认之前我们不会发送任何速递。",
         "mail_failed_title": "邮件发送失败",
-        "mail_failed": "暂时无法发送确认邮件,请几分钟后再试。",
+        "mail_failed": "暂时无法发送确认邮件，请几分钟后再试。",
         "confirm_title": "确认订阅",
-        "confirm_text": "点击按钮,开始向 {email} 发送每日速递。",
+        "confirm_text": "点击按钮，开始向 {email} 发送每日速递。",
         "confirm_button": "确认订阅",
         "confirmed_title": "订阅已确认",
         "confirmed": "{email} 将收到下一期速递。",
-        "confirm_stale": "此确认链接已失效:该订阅之后已被退订。请重新订阅以获取新链接。",
+        "confirm_stale": "此确认链接已失效：该订阅之后已被退订。请重新订阅以获取新链接。",
         "manage_title": "订阅设置",
         "manage_for": "{email} 的订阅设置",
-        "pause": "暂停发送(保留关键词)",
+        "pause": "暂停发送（保留关键词）",
         "save_button": "保存",
         "saved": "设置已保存。",
-        "status_pending": "您的订阅尚未确认:请使用确认邮件中的链接。",
-        "status_unsubscribed": "您已退订。如需要,可在首页重新订阅。",
+        "status_pending": "您的订阅尚未确认：请使用确认邮件中的链接。",
+        "status_unsubscribed": "您已退订。如需要，可在首页重新订阅。",
         "delete_title": "删除我的数据",
         "delete_text": "删除您的邮箱地址、关键词和发送记录。已发送的速递只保留匿名计数。此操作无法撤销。",
-        "delete_confirm": "是的,删除我的全部数据",
+        "delete_confirm": "是的，删除我的全部数据",
         "delete_button": "删除我的数据",
         "deleted_title": "您的数据已删除",
         "deleted": "我们不再保存您的邮箱地址和关键词。",
@@ -148,17 +153,17 @@ STRINGS: dict[str, dict[str, str]] = {
         "unsubscribe_button": "退订",
         "unsubscribed_title": "您已退订",
         "unsubscribed": "{email} 将不再收到速递。",
-        "resubscribe_button": "我改主意了:重新订阅",
+        "resubscribe_button": "我改主意了：重新订阅",
         "resubscribed_title": "欢迎回来",
         "resubscribed": "{email} 将重新收到速递。",
         "manage_link": "修改订阅设置",
         "bad_link_title": "链接无效",
-        "link_tampered": "此链接无效:可能被修改或不完整。",
+        "link_tampered": "此链接无效：可能被修改或不完整。",
         "link_expired": "此链接已过期。",
         "link_wrong_page": "此链接不适用于此页面。",
         "link_gone": "此链接对应的订阅已不存在。",
         "link_other_day": "此链接不适用于这一天。",
-        "bad_link_help": "没有做任何更改。请使用邮件中最新的链接,或重新订阅。",
+        "bad_link_help": "没有做任何更改。请使用邮件中最新的链接，或重新订阅。",
         "no_digest_title": "这一天没有速递",
         "no_digest": "这个公告日没有向您发送速递。",
         "csrf_title": "请重试",
@@ -171,9 +176,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_found": "此地址没有页面。",
         "error_title": "出错了",
         "home": "返回订阅页面",
-        "email_invalid": "邮箱地址无效:{reason}",
+        "email_invalid": "邮箱地址无效：{reason}",
         "keywords_none": "请至少填写一个关键词。",
-        "keywords_too_many": "关键词过多:填写了 {count} 个,最多 {limit} 个。",
+        "keywords_too_many": "关键词过多：填写了 {count} 个，最多 {limit} 个。",
         "language_unknown": "请从列表中选择语言。",
         "timezone_unknown": "请从列表中选择时区。",
         "js_checking": "正在检查…",
@@ -192,6 +197,13 @@ class Translator:
     def __call__(self, key: str, **values: object) -> str:
         text = self._strings.get(key) or STRINGS[ENGLISH][key]
         return text.format(**values) if values else text
+
+    def count(self, key: str, number: int, name: str = "count") -> str:
+        """The string for `number` of something: `key_one` for exactly one, when there is such a string."""
+        singular = f"{key}_one"
+        if number == 1 and singular in STRINGS[ENGLISH]:
+            return self(singular)
+        return self(key, **{name: number})
 
 
 def parse_language_tag(tag: str | None) -> str | None:
