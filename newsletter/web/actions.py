@@ -7,18 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import desc, func, or_, select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import MailBackend
-from newsletter.keywords import MAX_KEYWORDS, KeywordIndex, KeywordSyntaxError, PaperText, parse_keyword
-from newsletter.matching import paper_text
+from newsletter.keywords import MAX_KEYWORDS, KeywordSyntaxError, parse_keyword
 from newsletter.models import (
-    Announcement,
     Delivery,
     DeliveryStatus,
-    Paper,
     Subscriber,
     SubscriberKeyword,
     SubscriberStatus,
@@ -41,7 +38,6 @@ from newsletter.tokens import InvalidToken, LinkSigner, Purpose, subscriber_link
 from newsletter.web.mails import already_subscribed_mail, confirmation_mail
 
 CONFIRMATION_INTERVAL = dt.timedelta(minutes=10)
-PREVIEW_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -138,50 +134,6 @@ def check_email_form(raw: str) -> str:
         return normalize_email(raw)
     except SubscriptionError as exc:
         raise FormInvalid([FieldError("email", "email_invalid", {"reason": str(exc)})]) from exc
-
-
-# ---------------------------------------------------------------------------------------
-# The 7-day preview
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preview:
-    days: int
-    counts: list[int]
-
-
-class RecentPapers:
-    """The papers of the last announcement days, loaded once per set of days and reused."""
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
-        self._papers: list[PaperText] = []
-
-    def load(self, session: Session, days: int = PREVIEW_DAYS) -> tuple[int, list[PaperText]]:
-        """(number of announcement days found, their papers)."""
-        recent = list(
-            session.scalars(select(Announcement.day).distinct().order_by(desc(Announcement.day)).limit(days))
-        )
-        if not recent:
-            return 0, []
-        count = session.scalar(select(func.count()).select_from(Announcement).where(Announcement.day.in_(recent)))
-        key = (tuple(recent), count)
-        if key != self._key:
-            ids = select(Announcement.arxiv_id).where(Announcement.day.in_(recent))
-            papers = session.scalars(select(Paper).where(Paper.arxiv_id.in_(ids)))
-            self._papers = [paper_text(paper) for paper in papers]
-            self._key = key
-        return len(recent), self._papers
-
-
-def preview_counts(session: Session, recent: RecentPapers, keywords: Sequence[str]) -> Preview:
-    """How many stored papers of the last announcement days each keyword would have matched."""
-    days, papers = recent.load(session)
-    index = KeywordIndex.build([(0, list(keywords))])
-    hits = index.select(papers).get(0, [])
-    counts = [len(found) for found in hits] or [0] * len(keywords)
-    return Preview(days=days, counts=counts)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from newsletter.tokens import InvalidToken, LinkSigner, Purpose, signing_key
 from newsletter.web import actions
 from newsletter.web.actions import FieldError, FormInvalid
 from newsletter.web.i18n import PAGE_LANGUAGES, Translator, page_language
+from newsletter.web.preview import RecentPapers
 from newsletter.web.security import CSRF_COOKIE, CSRF_FIELD, BodySizeLimit, CsrfError, CsrfGuard, RateLimiter
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR / "web"))
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = engine_for(settings.database_url)
     app = FastAPI(title="arXiv digest", docs_url=None, redoc_url=None, openapi_url=None)
     limiter = RateLimiter(settings.web_rate_limit_storage, settings.web_rate_limit_prefix)
-    recent_papers = actions.RecentPapers()
+    recent_papers = RecentPapers()
     secure_cookies = settings.base_url.startswith("https://")
     keys: dict[str, str] = {}
     keys_lock = threading.Lock()
@@ -254,7 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if errors:
             return {"errors": field_errors(request, errors)}
         keywords = actions.distinct_keywords(lines)
-        preview = actions.preview_counts(db, recent_papers, keywords)
+        preview = recent_papers.preview(db, keywords)
         return {"preview": list(zip(keywords, preview.counts, strict=True)), "preview_days": preview.days}
 
     @app.get("/api/keywords")
@@ -272,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if errors:
             return JSONResponse({"valid": False, "errors": [t(e.key, **e.values) for e in errors]})
         distinct = actions.distinct_keywords(lines)
-        preview = actions.preview_counts(db, recent_papers, distinct)
+        preview = recent_papers.preview(db, distinct)
         return JSONResponse({
             "valid": True,
             "errors": [],
