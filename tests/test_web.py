@@ -613,3 +613,31 @@ def test_the_health_endpoint_says_503_when_the_database_is_gone(tmp_path: Path) 
     answer = Visitor(settings).get("/health")
 
     assert answer.status_code == 503 and "database unavailable" in answer.text
+
+
+PREVIEW_KEYWORDS = [
+    "reinforcement learning", "deep learning", "diffusion policy", "Transform*", "ti:robot*", "abs:language models",
+    "cat:cs.RO", "cat:cs", "cat:cs.* ANDNOT learning", '"neural network" OR "graph neural networks"',
+    "au:Sergey Levine", "quantum chromodynamics", "multi-agent", "LLMs AND (reasoning OR planning)",
+]
+
+
+def test_the_preview_counts_what_the_matching_engine_selects_from_the_sample_papers(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    from newsletter.demo import sample_transports
+    from newsletter.keywords import KeywordIndex
+    from newsletter.matching import paper_text
+    from newsletter.pipeline import harvest_stage
+
+    with Session(sqlite_engine) as db:
+        harvest_stage(db, sample_transports(lite_settings.outbox_dir), None)
+        db.commit()
+        announced = select(Announcement.arxiv_id)
+        papers = [paper_text(paper) for paper in db.scalars(select(Paper).where(Paper.arxiv_id.in_(announced)))]
+    engine_counts = [len(hits) for hits in KeywordIndex.build([(0, PREVIEW_KEYWORDS)]).select(papers)[0]]
+
+    result = Visitor(lite_settings).get("/api/keywords", params={"keywords": "\n".join(PREVIEW_KEYWORDS)}).json()
+
+    assert [c["count"] for c in result["counts"]] == engine_counts
+    assert sum(1 for count in engine_counts if count) >= 5  # the sample exercises the prefilter, not only zeros
