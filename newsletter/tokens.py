@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +47,15 @@ class InvalidToken(Exception):
 class TokenClaims:
     subscriber_id: int
     extra: str = ""
+    issued_at: dt.datetime | None = None
+
+    def predates(self, created_at: dt.datetime) -> bool:
+        """Whether the token was signed before a row created at `created_at` existed (so it names another one)."""
+        if self.issued_at is None:
+            return False
+        created = created_at if created_at.tzinfo else created_at.replace(tzinfo=dt.UTC)
+        # Token timestamps are whole seconds: allow one second of rounding.
+        return self.issued_at < created - dt.timedelta(seconds=1)
 
 
 def signing_key(session: Session, settings: Settings) -> str:
@@ -79,14 +89,16 @@ class LinkSigner:
     def read(self, token: str, purpose: Purpose, max_age: int | None = None) -> TokenClaims:
         """The claims of a valid token for `purpose`; InvalidToken otherwise."""
         try:
-            data = self._serializer.loads(token, max_age=max_age or MAX_AGE_SECONDS[purpose])
+            data, signed_at = self._serializer.loads(
+                token, max_age=max_age or MAX_AGE_SECONDS[purpose], return_timestamp=True
+            )
         except SignatureExpired as exc:
             raise InvalidToken("This link has expired.", "expired") from exc
         except BadSignature as exc:
             raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
         if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), int):
             raise InvalidToken("This link is not valid for this page.", "wrong_page")
-        return TokenClaims(subscriber_id=data["s"], extra=str(data.get("x", "")))
+        return TokenClaims(subscriber_id=data["s"], extra=str(data.get("x", "")), issued_at=signed_at)
 
 
 @dataclass(frozen=True)

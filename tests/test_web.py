@@ -62,8 +62,12 @@ def keywords_of(settings: Settings, address: str) -> list[str]:
         )
 
 
-def add_subscriber(session: Session, address: str, keywords: list[str], confirmed: bool = True) -> int:
+def add_subscriber(
+    session: Session, address: str, keywords: list[str], confirmed: bool = True, days_ago: int = 60
+) -> int:
+    """A subscriber who joined `days_ago` (before any link the test signs for them)."""
     subscriber = subscribe(session, address, keywords, confirmed=confirmed)
+    subscriber.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
     session.commit()
     assert subscriber.id is not None
     return subscriber.id
@@ -323,6 +327,23 @@ def test_delete_my_data_removes_the_subscriber_and_keeps_only_an_anonymous_deliv
     delivery = session.scalars(select(Delivery)).one()
     assert delivery.subscriber_id is None and delivery.paper_count == 1
     assert visitor.get(manage).status_code == 400
+
+
+def test_a_deleted_subscribers_old_link_never_opens_the_page_of_someone_given_the_same_number(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        old_id = add_subscriber(db, "ada@example.org", ["robotics"])
+    old_link = f"/manage/{token_made_ago(Purpose.MANAGE, old_id, dt.timedelta(days=30))}"
+    visitor = Visitor(lite_settings)
+    visitor.submit(old_link, f"{old_link}/delete", {"confirm_delete": "yes"})
+    with Session(sqlite_engine) as db:  # SQLite hands the number out again
+        assert add_subscriber(db, "bob@example.org", ["biology"], days_ago=0) == old_id
+
+    answer = visitor.get(old_link)
+
+    assert answer.status_code == 400 and "bob@example.org" not in answer.text
+    assert "no longer exists" in answer.text
 
 
 # ---------------------------------------------------------------------------------------
@@ -599,6 +620,8 @@ def test_pages_follow_accept_language_and_the_switch_is_remembered(lite_settings
     assert '<html lang="en">' in chinese_reader.get("/").text  # the cookie remembers the choice
     answer = english_reader.get("/?lang=zh-Hans")
     assert "电子邮箱" in answer.text
+    bad_link = english_reader.get("/manage/not-a-token")
+    assert bad_link.status_code == 400 and "链接无效" in bad_link.text and "没有做任何更改" in bad_link.text
 
 
 def test_the_health_endpoint_answers_when_the_database_does(lite_settings: Settings) -> None:

@@ -209,7 +209,9 @@ def subscriber_for(
     """The subscriber a link names, with their keywords."""
     claims = signer.read(token, purpose)
     subscriber = session.get(Subscriber, claims.subscriber_id)
-    if subscriber is None:
+    # A deleted subscriber's number can be given to someone new (SQLite reuses the highest
+    # rowid): a link signed before this row was created is not theirs.
+    if subscriber is None or claims.predates(subscriber.created_at):
         raise InvalidToken("This link belongs to a subscription that no longer exists.", "gone")
     keywords = session.scalars(
         select(SubscriberKeyword.expression)
@@ -290,7 +292,7 @@ def archived_digest(session: Session, settings: Settings, signer: LinkSigner, da
     if claims.extra != day:
         raise InvalidToken("This link is not valid for this day.", "other_day")
     subscriber = session.get(Subscriber, claims.subscriber_id)
-    if subscriber is None:
+    if subscriber is None or claims.predates(subscriber.created_at):
         raise InvalidToken("This link belongs to a subscription that no longer exists.", "gone")
     try:
         when = dt.date.fromisoformat(day)

@@ -200,6 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "no-referrer"  # tokens live in our URLs
         headers["X-Frame-Options"] = "DENY"
+        if secure_cookies:
+            headers["Strict-Transport-Security"] = "max-age=31536000"
         if headers.get("content-type", "").startswith(("text/html", "application/json")):
             headers["Cache-Control"] = "no-store"
         return response
