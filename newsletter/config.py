@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     # live (memory:// per process, or redis://host:port/db shared by every web worker), and
     # the largest request body accepted.
     web_post_rate_limit: str = "20/minute"
-    web_check_rate_limit: str = "120/minute"
+    web_check_rate_limit: str = "200/minute"
     web_rate_limit_storage: str = "memory://"
     web_rate_limit_prefix: str = "newsletter-web"
     web_max_body_bytes: int = Field(64 * 1024, ge=1024)

@@ -168,4 +168,9 @@ def test_a_reader_subscribes_confirms_manages_and_unsubscribes_in_a_browser(
         shot("09-unsubscribed")
         assert stored_status(pg_engine, address)[0] == SubscriberStatus.UNSUBSCRIBED  # type: ignore[index]
 
+        page.emulate_media(color_scheme="dark")
+        page.goto(f"{base}/?lang=zh-Hans")
+        expect(page.get_by_role("heading", level=1)).to_have_text("订阅 arXiv 每日速递")
+        shot("10-subscribe-chinese-dark")
+
         browser.close()

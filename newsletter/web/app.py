@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     keys["secret"] = signing_key(db, settings)
             return keys["secret"]
 
-    def signer(_db: Session | None = None) -> LinkSigner:
+    def signer() -> LinkSigner:
         return LinkSigner(secret())
 
     def mail_backend() -> Iterator[MailBackend]:
