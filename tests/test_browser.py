@@ -6,6 +6,7 @@ Screenshots at phone width land in tests/artifacts/browser/ for a person to look
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from tests.web_helpers import LINK
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("NEWSLETTER_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "browser"
@@ -48,6 +49,10 @@ def ensure_chromium() -> Path:
 
 @pytest.fixture
 def chromium_path() -> Path:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        skip_or_fail("the playwright package is not installed (pip install -e '.[test]')")
     return ensure_chromium()
 
 

@@ -664,3 +664,10 @@ def test_the_preview_counts_what_the_matching_engine_selects_from_the_sample_pap
 
     assert [c["count"] for c in result["counts"]] == engine_counts
     assert sum(1 for count in engine_counts if count) >= 5  # the sample exercises the prefilter, not only zeros
+
+
+def test_an_unknown_address_gets_a_page_not_found_in_the_readers_language(lite_settings: Settings) -> None:
+    answer = Visitor(lite_settings, **{"Accept-Language": "zh-Hans"}).get("/no-such-page")
+
+    assert answer.status_code == 404
+    assert "页面不存在" in answer.text and answer.headers["content-type"].startswith("text/html")
