@@ -23,9 +23,9 @@ LINK = re.compile(r"https?://\S+")
 class Visitor:
     """One browser: keeps cookies, reads each form's CSRF field before submitting it."""
 
-    def __init__(self, settings: Settings, **headers: str) -> None:
+    def __init__(self, settings: Settings, ip: str = "192.0.2.1", **headers: str) -> None:
         self.app = create_app(settings)
-        self.client = TestClient(self.app, headers=headers)
+        self.client = TestClient(self.app, headers=headers, client=(ip, 50000))
 
     def get(self, path: str, **kwargs: object) -> Response:
         return self.client.get(path, **kwargs)  # type: ignore[arg-type]
