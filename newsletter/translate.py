@@ -144,21 +144,21 @@ class DeepLTranslator:
             return stored.glossary_id
         try:
             name = f"arxiv-digest EN-{target.upper()}"
-            info = _call(lambda: self.client.create_glossary(name, "EN", target, entries))
+            created = _call(lambda: self.client.create_glossary(name, "EN", target, entries)).glossary_id
         except TranslationUnavailable as exc:
             log.warning("could not upload the glossary (%s); translating without it", exc)
             return None
-        if stored is not None:
-            self._delete_quietly(stored.glossary_id)
-            session.delete(stored)
-            session.flush()
-        session.add(
-            DeepLGlossary(
-                target_language=target, glossary_id=info.glossary_id, entries_sha256=checksum, entry_count=len(entries)
-            )
+        row = DeepLGlossary(
+            target_language=target, glossary_id=created, entries_sha256=checksum, entry_count=len(entries)
         )
-        session.commit()
-        return info.glossary_id
+        if _record_glossary(session, row, stored.glossary_id if stored else None):
+            if stored is not None:
+                self._delete_quietly(stored.glossary_id)
+            return created
+        # Another process uploaded the same file at the same moment: use its glossary, drop ours.
+        self._delete_quietly(created)
+        winner = session.get(DeepLGlossary, target, populate_existing=True)
+        return winner.glossary_id if winner is not None else None
 
     def _glossary_exists(self, glossary_id: str) -> bool:
         try:
@@ -179,6 +179,30 @@ class DeepLTranslator:
         """Characters used and the limit in DeepL's current billing period."""
         usage = _call(self.client.get_usage)
         return usage.character.count, usage.character.limit
+
+
+def _record_glossary(session: Session, row: DeepLGlossary, replaces: str | None) -> bool:
+    """Store the new glossary id unless another process changed the row first; True if stored."""
+    if replaces is None:
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            session.commit()
+            return False
+    else:
+        result = session.execute(
+            update(DeepLGlossary)
+            .where(DeepLGlossary.target_language == row.target_language, DeepLGlossary.glossary_id == replaces)
+            .values(glossary_id=row.glossary_id, entries_sha256=row.entries_sha256, entry_count=row.entry_count,
+                    created_at=row.created_at)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.commit()
+            return False
+    session.commit()
+    return True
 
 
 def _call(request):  # type: ignore[no-untyped-def]
@@ -433,11 +457,14 @@ def _store(
             result.rejected += 1
             continue
         share = translated.billed_characters * sizes[index] // max(sum(sizes), 1)
-        session.add(
-            Translation(
-                arxiv_id=paper.arxiv_id, language=language, title=title, abstract=abstract, billed_characters=share
-            )
+        row = Translation(
+            arxiv_id=paper.arxiv_id, language=language, title=title, abstract=abstract, billed_characters=share
         )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            continue  # a run of the same day in another process stored it first
         result.translated += 1
     # Each request's translations are committed on their own, so billed work survives a later failure.
     session.commit()

@@ -7,6 +7,8 @@ import email
 import email.policy
 import json
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,14 @@ from sqlmodel import Session
 
 from newsletter.delivery import OutboxBackend, outbox_name
 from newsletter.demo import sample_transports
+from newsletter.matching import select_papers_for_day
 from newsletter.models import Announcement, DeepLGlossary, DeepLUsage, Paper, Run, Translation
 from newsletter.pipeline import Transports, run_daily
 from newsletter.status import status_lines
 from newsletter.subscribers import subscribe
 from newsletter.translate import (
     BUNDLED_GLOSSARIES,
+    TranslateResult,
     load_glossary,
     make_translator,
     request_size,
@@ -341,3 +345,27 @@ def test_status_shows_characters_billed_today_this_month_and_deepls_own_count(
     assert f"DeepL characters {billed}" in lines[1]  # the run's own line
     assert any(f"today {billed} (budget 400000, {400000 - billed} left), this month {billed}" in line for line in lines)
     assert f"DeepL account: {billed} of 500000 characters this period" in lines
+
+
+def test_runs_translating_at_the_same_time_share_one_budget(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session)
+    select_papers_for_day(session, DAY)
+    session.commit()
+    budget = request_size(PAPERS[0]) + request_size(PAPERS[2]) + 10
+    start = threading.Barrier(3)
+
+    def another_process() -> TranslateResult:
+        with Session(engine, expire_on_commit=False) as own:
+            start.wait()
+            return translate_selected(own, DAY, make_translator(settings), budget)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = [future.result() for future in [pool.submit(another_process) for _ in range(3)]]
+
+    assert deepl_server.character_count <= budget
+    assert sum(r.billed_characters for r in results) == deepl_server.character_count
+    stored = session.scalar(select(func.count()).select_from(Translation))
+    assert stored >= 1 and stored == sum(r.translated for r in results)
