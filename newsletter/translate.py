@@ -451,22 +451,31 @@ def _store(
     session: Session, language: str, batch: list[Paper], translated: TranslatedBatch, result: TranslateResult
 ) -> None:
     sizes = [request_size(paper) for paper in batch]
+    rows: list[dict] = []
     for index, paper in enumerate(batch):
         title, abstract = translated.texts[2 * index], translated.texts[2 * index + 1]
         if title is None or abstract is None:
             result.rejected += 1
             continue
         share = translated.billed_characters * sizes[index] // max(sum(sizes), 1)
-        row = Translation(
-            arxiv_id=paper.arxiv_id, language=language, title=title, abstract=abstract, billed_characters=share
-        )
+        rows.append(dict(arxiv_id=paper.arxiv_id, language=language, title=title, abstract=abstract,
+                         billed_characters=share))
+    # Each request's translations are committed on their own, so billed work survives a later failure.
+    try:
+        session.add_all(Translation(**row) for row in rows)
+        session.commit()
+        result.translated += len(rows)
+        return
+    except IntegrityError:
+        session.rollback()
+    # A run of the same day in another process stored some of them first: keep the rest, one by one.
+    for row in rows:
         try:
             with session.begin_nested():
-                session.add(row)
+                session.add(Translation(**row))
         except IntegrityError:
-            continue  # a run of the same day in another process stored it first
+            continue
         result.translated += 1
-    # Each request's translations are committed on their own, so billed work survives a later failure.
     session.commit()
 
 
