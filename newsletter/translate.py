@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -354,8 +355,9 @@ def protected_texts(paper: Paper) -> list[str]:
 
 
 def request_size(paper: Paper) -> int:
-    """The bytes the paper adds to a request body, and an upper bound of the characters DeepL bills for it."""
-    return sum(len(text.encode("utf-8")) + 2 for text in protected_texts(paper))
+    """The bytes the paper adds to a JSON request body, and an upper bound of the characters DeepL bills for it."""
+    # json.dumps as the client sends it: non-ASCII as \uXXXX, so never shorter than the text itself.
+    return sum(len(json.dumps(text)) + 2 for text in protected_texts(paper))
 
 
 def request_batches(papers: list[Paper]) -> list[list[Paper]]:

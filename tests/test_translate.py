@@ -24,6 +24,7 @@ from newsletter.status import status_lines
 from newsletter.subscribers import subscribe
 from newsletter.translate import (
     BUNDLED_GLOSSARIES,
+    GlossaryError,
     TranslateResult,
     load_glossary,
     make_translator,
@@ -225,12 +226,13 @@ def test_a_malformed_glossary_file_only_means_no_glossary(
     assert "[ZH] Fast reinforcement learning with 2.5× fewer samples" in text
 
 
-def test_too_many_requests_is_retried_and_the_digest_is_translated(
-    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path, deepl_fast_retries: None
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_a_passing_fault_is_retried_and_the_digest_is_translated(
+    status: int, engine, session: Session, deepl_server: DeepLServer, tmp_path: Path, deepl_fast_retries: None
 ) -> None:
     settings = settings_for(engine, tmp_path, deepl_server)
     add_day(session)
-    deepl_server.fail_next(2, 429, path_prefix="/v2/translate")
+    deepl_server.fail_next(2, status, path_prefix="/v2/translate")
 
     run_daily(session, settings, transports_for(settings), DAY)
 
@@ -369,3 +371,28 @@ def test_runs_translating_at_the_same_time_share_one_budget(
     assert sum(r.billed_characters for r in results) == deepl_server.character_count
     stored = session.scalar(select(func.count()).select_from(Translation))
     assert stored >= 1 and stored == sum(r.translated for r in results)
+
+
+def test_the_bundled_glossary_holds_common_ml_terms() -> None:
+    entries = load_glossary(BUNDLED_GLOSSARIES["zh"])
+
+    assert len(entries) >= 100
+    assert entries["reinforcement learning"] == "强化学习" and entries["large language model"] == "大语言模型"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("reinforcement learning 强化学习\n", ":1: expected 'english<TAB>translation'"),
+        ("a\tb\n\na\tc\n", ":3: 'a' is listed twice"),
+        ("# only a comment\n", ": no entries"),
+    ],
+)
+def test_a_malformed_glossary_file_is_named_with_its_line(content: str, reason: str, tmp_path: Path) -> None:
+    path = tmp_path / "terms.tsv"
+    path.write_text(content, encoding="utf-8")
+
+    with pytest.raises(GlossaryError) as caught:
+        load_glossary(path)
+
+    assert str(caught.value).startswith(f"{path}{reason}")
