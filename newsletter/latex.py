@@ -11,9 +11,10 @@ from pylatexenc.latex2text import LatexNodes2Text
 # A brace group with up to two levels of nesting: "\textbf{a \emph{b}}", "\frac{a}{b^{2}}".
 _BRACES = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 # Display math first so "$$...$$" is not read as two empty "$" spans; escaped "\$" is not math.
-# A lone "$" (a price, or a typo) is protected too: DeepL would otherwise translate it as 美元.
+# Inline math is capped in length so a stray "$" cannot pair with one paragraphs later; a lone "$"
+# (a price, or a typo) is protected too: DeepL would otherwise translate it as 美元.
 _LATEX = re.compile(
-    r"\$\$.+?\$\$|(?<!\\)\$.+?(?<!\\)\$|\\\(.+?\\\)|\\\[.+?\\\]"
+    r"\$\$.+?\$\$|(?<!\\)\$.{1,300}?(?<!\\)\$|\\\(.+?\\\)|\\\[.+?\\\]"
     rf"|\\[a-zA-Z]+\*?(?:\[[^\]]*\])?(?:{_BRACES})+"
     r"|\\[a-zA-Z]+\b"
     r"|\\['\"`^~=.](?:\{[a-zA-Z]\}|[a-zA-Z])"

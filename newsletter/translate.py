@@ -96,17 +96,17 @@ class DeepLTranslator:
     def translate(self, texts: Sequence[str], target_language: str) -> TranslatedBatch:
         """Translate in one request; texts whose LaTeX placeholders came back wrong are None."""
         protected = [protect_latex(text) for text in texts]
-        glossary_id = self._glossary_ids.get(target_language.upper())
-        results = _call(
-            lambda: self.client.translate_text(
-                [xml for xml, _ in protected],
-                source_lang="EN",
-                target_lang=target_language,
-                tag_handling="xml",
-                ignore_tags=[PROTECT_TAG],
-                glossary=glossary_id,
-            )
-        )
+        language = target_language.upper()
+        xml = [text for text, _ in protected]
+        try:
+            results = _call(lambda: self._send(xml, target_language, self._glossary_ids.get(language)))
+        except TranslationUnavailable as exc:
+            # A glossary DeepL no longer accepts must not cost the day's translations: go on without it.
+            if not self._glossary_ids.get(language) or not _refuses_glossary(exc.__cause__):
+                raise
+            log.warning("DeepL refused the glossary (%s); translating without it", exc.__cause__)
+            self._glossary_ids[language] = None
+            results = _call(lambda: self._send(xml, target_language, None))
         if not isinstance(results, list):
             results = [results]
         if len(results) != len(texts):
@@ -120,11 +120,20 @@ class DeepLTranslator:
                 translated.append(None)
         return TranslatedBatch(texts=translated, billed_characters=sum(r.billed_characters or 0 for r in results))
 
+    def _send(self, xml: list[str], target_language: str, glossary_id: str | None):  # type: ignore[no-untyped-def]
+        return self.client.translate_text(
+            xml,
+            source_lang="EN",
+            target_lang=target_language,
+            tag_handling="xml",
+            ignore_tags=[PROTECT_TAG],
+            glossary=glossary_id,
+        )
+
     def prepare(self, session: Session, target_language: str) -> None:
-        """Make sure the language's glossary exists at DeepL (uploaded once, re-created when the file changed)."""
+        """Make sure the language's glossary exists at DeepL (uploaded once, re-created when changed or gone)."""
+        # Checked on every run: a long-lived worker must notice a glossary deleted at DeepL or a changed file.
         language = target_language.upper()
-        if language in self._glossary_ids:
-            return
         self._glossary_ids[language] = None
         glossary_target = _GLOSSARY_TARGETS.get(language)
         path = self.glossary_files.get(glossary_target or "")
@@ -180,6 +189,11 @@ class DeepLTranslator:
         """Characters used and the limit in DeepL's current billing period."""
         usage = _call(self.client.get_usage)
         return usage.character.count, usage.character.limit
+
+
+def _refuses_glossary(exc: BaseException | None) -> bool:
+    """A 400 or 404 answer: what DeepL says about a glossary id it does not (or no longer) accept."""
+    return isinstance(exc, deepl.DeepLException) and exc.http_status_code in (400, 404)
 
 
 def _record_glossary(session: Session, row: DeepLGlossary, replaces: str | None) -> bool:

@@ -77,3 +77,9 @@ def test_a_translation_that_lost_or_invented_math_is_refused(returned: str) -> N
 )
 def test_simple_latex_is_shown_as_unicode(latex: str, shown: str) -> None:
     assert latex_to_unicode(latex) == shown
+
+
+def test_a_stray_dollar_does_not_swallow_the_rest_of_the_abstract() -> None:
+    text = "It costs $5. " + "Plain words follow here. " * 20 + "Then $x$ appears."
+
+    assert latex_spans(text) == ["$", "$x$"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -396,3 +397,36 @@ def test_a_malformed_glossary_file_is_named_with_its_line(content: str, reason: 
         load_glossary(path)
 
     assert str(caught.value).startswith(f"{path}{reason}")
+
+
+def test_a_glossary_deleted_at_deepl_is_uploaded_again_on_the_next_run(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session)
+    translator = make_translator(settings)  # one long-lived worker process
+    transports = dataclasses.replace(transports_for(settings), translator=translator)
+    run_daily(session, settings, transports, DAY)
+    deepl_server.glossaries.clear()
+    again = Paper(arxiv_id="2611.00099", title="More reinforcement learning", abstract="Again.")
+    announce(session, [again], NEXT_DAY)
+
+    run_daily(session, settings, transports, NEXT_DAY)
+
+    assert list(deepl_server.glossaries) == [session.get(DeepLGlossary, "zh").glossary_id]
+    assert session.get(Translation, ("2611.00099", "ZH-HANS")).title == "[ZH] More 强化学习"
+
+
+def test_when_deepl_refuses_the_glossary_the_papers_are_translated_without_it(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session)
+    deepl_server.fail_next(1, 400, path_prefix="/v2/translate")
+
+    run_daily(session, settings, transports_for(settings), DAY)
+
+    chinese = [r for r in deepl_server.translate_requests if r.target_lang == "ZH-HANS"]
+    assert [r.glossary_id is not None for r in chinese] == [True, False]
+    _, text = mailed(settings, "ada@example.org")
+    assert "[ZH] Fast reinforcement learning with 2.5× fewer samples" in text and CHINESE_NOTE not in text
