@@ -416,6 +416,10 @@ def translate_selected(
         except TranslationUnavailable as exc:
             log.warning("translation stopped: %s", exc)
             result.error = str(exc)
+        except Exception as exc:  # a fault in translation must never hold back the digests
+            log.exception("translation failed")
+            session.rollback()
+            result.error = f"translation failed: {type(exc).__name__}: {exc}"
     remaining = papers_to_translate(session, day)
     result.missing = {language: len(papers) for language, papers in remaining.items()}
     return result
@@ -443,14 +447,22 @@ def _translate_language(
         texts = [text for paper in batch for text in paper_texts(paper)]
         try:
             translated = translator.translate(texts, language)
-        except Exception:
-            settle_characters(session, today, reserved, 0)
+        except Exception as exc:
+            settle_characters(session, today, reserved, 0 if _surely_unbilled(exc) else reserved)
             raise
         settle_characters(session, today, reserved, translated.billed_characters)
         result.requests += 1
         result.billed_characters += translated.billed_characters
         _store(session, language, batch, translated, result)
     return True
+
+
+def _surely_unbilled(exc: BaseException) -> bool:
+    """DeepL refused the request or was never reached; after a timeout or a garbled reply, assume it billed."""
+    cause = exc.__cause__
+    if not isinstance(cause, deepl.DeepLException):
+        return False
+    return cause.http_status_code is not None or "Failed to establish a new connection" in str(cause)
 
 
 def _prefix_within(batch: list[Paper], characters: int) -> list[Paper]:

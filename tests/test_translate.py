@@ -430,3 +430,34 @@ def test_when_deepl_refuses_the_glossary_the_papers_are_translated_without_it(
     assert [r.glossary_id is not None for r in chinese] == [True, False]
     _, text = mailed(settings, "ada@example.org")
     assert "[ZH] Fast reinforcement learning with 2.5× fewer samples" in text and CHINESE_NOTE not in text
+
+
+def test_failed_requests_give_their_reserved_characters_back(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path, deepl_fast_retries: None
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server, deepl_server_url=_unreachable_url())
+    add_day(session)
+    run_daily(session, settings, transports_for(settings), DAY)
+    deepl_server.fail_next(1, 456, path_prefix="/v2/translate")
+    translate_selected(session, DAY, make_translator(settings_for(engine, tmp_path, deepl_server)), 10**6)
+
+    usage = session.get(DeepLUsage, dt.datetime.now(dt.UTC).date())
+    assert usage.committed == 0 and usage.billed == 0
+
+
+def test_a_garbled_reply_keeps_its_characters_counted_and_the_digest_goes_out(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session, PAPERS[:1])
+    garbled = json.dumps({"translations": [{"text": "[ZH] 标题"}, {"text": "[ZH] 摘要"}]})  # no billed_characters
+    deepl_server.respond_next(garbled, content_type="application/json", path_prefix="/v2/translate")
+
+    summary = run_daily(session, settings, transports_for(settings), DAY)
+
+    assert "unexpected reply" in summary.stats["translate"]["error"]
+    # DeepL may have billed it: the characters stay counted against today's budget.
+    usage = session.get(DeepLUsage, dt.datetime.now(dt.UTC).date())
+    assert usage.committed == request_size(PAPERS[0]) and usage.billed == usage.committed
+    html, _ = mailed(settings, "ada@example.org")
+    assert CHINESE_NOTE in html and "标题" not in html
