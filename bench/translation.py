@@ -150,8 +150,9 @@ def main() -> None:
     print(f"second run of the same day: billed {second.billed_characters:,} characters "
           f"(floor 0) in {len(server.translate_requests) - requests_first} requests ({second_seconds:.1f} s)")
     print("note: billed can fall under the floor: line breaks are collapsed and each LaTeX span is sent as a "
-          "short placeholder; the free tier (500,000 characters a month) covers about a tenth of such a day, "
-          "which NEWSLETTER_DEEPL_DAILY_CHARACTER_BUDGET caps (unlimited here)")
+          f"short placeholder. DeepL's free tier (500,000 characters a month) covers "
+          f"{500_000 / max(first.billed_characters, 1):.0%} of such a day; NEWSLETTER_DEEPL_DAILY_CHARACTER_BUDGET "
+          "caps the spend (unlimited here)")
 
 
 if __name__ == "__main__":
