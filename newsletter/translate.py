@@ -6,10 +6,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import deepl
 from sqlalchemy import func, select, update
@@ -21,6 +21,7 @@ from newsletter.latex import PROTECT_TAG, LatexLost, normalize_whitespace, prote
 from newsletter.models import DeepLGlossary, DeepLUsage, Paper, Selection, Subscriber, Translation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # DeepL takes at most 50 texts and 128 KiB per request body; stay under both.
 MAX_TEXTS_PER_REQUEST = 50
@@ -220,7 +221,7 @@ def _record_glossary(session: Session, row: DeepLGlossary, replaces: str | None)
     return True
 
 
-def _call(request):  # type: ignore[no-untyped-def]
+def _call(request: Callable[[], T]) -> T:
     """Run a DeepL request, turning every failure into TranslationUnavailable with a short reason."""
     try:
         return request()
