@@ -7,7 +7,11 @@ import datetime as dt
 import email
 import email.policy
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +44,8 @@ DAY = dt.date(2026, 11, 24)
 NEXT_DAY = dt.date(2026, 11, 25)
 ENGLISH_NOTE = "Translation was not available today"
 CHINESE_NOTE = "今天暂时无法翻译"
+# Fault handling does not depend on the database: these run on PostgreSQL only, to keep the file fast.
+POSTGRESQL_ONLY = pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
 
 PAPERS = [
     Paper(
@@ -227,6 +233,7 @@ def test_a_malformed_glossary_file_only_means_no_glossary(
     assert "[ZH] Fast reinforcement learning with 2.5× fewer samples" in text
 
 
+@POSTGRESQL_ONLY
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_a_passing_fault_is_retried_and_the_digest_is_translated(
     status: int, engine, session: Session, deepl_server: DeepLServer, tmp_path: Path, deepl_fast_retries: None
@@ -248,6 +255,7 @@ def _unreachable_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
+
 FAULTS = {
     "quota exceeded (456)": lambda server: server.fail_next(10, 456, path_prefix="/v2/translate"),
     "server error (503)": lambda server: server.fail_next(10, 503, path_prefix="/v2/translate"),
@@ -255,6 +263,7 @@ FAULTS = {
 }
 
 
+@POSTGRESQL_ONLY
 @pytest.mark.parametrize("fault", [*FAULTS, "bad key (403)", "no key", "unreachable"])
 def test_when_deepl_fails_the_digest_goes_out_in_english_with_a_note_and_is_translated_next_run(
     fault: str, engine, session: Session, deepl_server: DeepLServer, tmp_path: Path, deepl_fast_retries: None
@@ -461,3 +470,26 @@ def test_a_garbled_reply_keeps_its_characters_counted_and_the_digest_goes_out(
     assert usage.committed == request_size(PAPERS[0]) and usage.billed == usage.committed
     html, _ = mailed(settings, "ada@example.org")
     assert CHINESE_NOTE in html and "标题" not in html
+
+
+@POSTGRESQL_ONLY
+def test_the_status_command_prints_the_deepl_figures(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session)
+    run_daily(session, settings, transports_for(settings), DAY)
+    billed = deepl_server.character_count
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update(
+        NEWSLETTER_DATABASE_URL=engine.url.render_as_string(hide_password=False),
+        NEWSLETTER_DEEPL_AUTH_KEY=DEEPL_TEST_KEY,
+        NEWSLETTER_DEEPL_SERVER_URL=deepl_server.url,
+    )
+    newsletter = shutil.which("newsletter") or str(Path(sys.executable).with_name("newsletter"))
+
+    status = subprocess.run([newsletter, "status"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    assert status.returncode == 0, status.stderr
+    assert f"DeepL characters billed: today {billed} (budget 400000" in status.stdout
+    assert f"DeepL account: {billed} of 500000 characters this period" in status.stdout
