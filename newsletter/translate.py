@@ -18,7 +18,15 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.latex import PROTECT_TAG, LatexLost, normalize_whitespace, protect_latex, restore_latex
-from newsletter.models import DeepLGlossary, DeepLUsage, Paper, Selection, Subscriber, Translation
+from newsletter.models import (
+    DeepLGlossary,
+    DeepLUsage,
+    Paper,
+    Selection,
+    Subscriber,
+    SubscriberStatus,
+    Translation,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -342,6 +350,7 @@ def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -
             (Translation.arxiv_id == Paper.arxiv_id) & (Translation.language == Subscriber.language),
         )
         .where(
+            Subscriber.status == SubscriberStatus.ACTIVE,  # only papers someone is mailed
             Selection.day <= day,
             Selection.day >= day - dt.timedelta(days=backlog_days),
             Translation.arxiv_id.is_(None),

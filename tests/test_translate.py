@@ -26,7 +26,7 @@ from newsletter.matching import select_papers_for_day
 from newsletter.models import Announcement, DeepLGlossary, DeepLUsage, Paper, Run, Translation
 from newsletter.pipeline import Transports, run_daily
 from newsletter.status import status_lines
-from newsletter.subscribers import subscribe
+from newsletter.subscribers import find_subscriber, subscribe, unsubscribe
 from newsletter.translate import (
     BUNDLED_GLOSSARIES,
     GlossaryError,
@@ -493,3 +493,19 @@ def test_the_status_command_prints_the_deepl_figures(
     assert status.returncode == 0, status.stderr
     assert f"DeepL characters billed: today {billed} (budget 400000" in status.stdout
     assert f"DeepL account: {billed} of 500000 characters this period" in status.stdout
+
+
+def test_papers_only_an_unsubscribed_reader_chose_are_not_translated(
+    engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
+) -> None:
+    settings = settings_for(engine, tmp_path, deepl_server)
+    add_day(session)
+    select_papers_for_day(session, DAY)
+    unsubscribe(find_subscriber(session, "bob@example.org"))
+    session.commit()
+
+    translate_selected(session, DAY, make_translator(settings), 10**6)
+
+    chinese = sent_texts(deepl_server, "ZH-HANS")
+    assert "Diffusion policies for robot arms" not in chinese  # only bob chose it
+    assert "Reinforcement learning meets diffusion" in chinese  # ada chose it too
