@@ -182,3 +182,26 @@ class AppSecret(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=256)
+
+
+class DeepLUsage(SQLModel, table=True):
+    """DeepL characters per UTC calendar day; a request reserves before it is sent, so no run overspends."""
+
+    __tablename__ = "deepl_usage"
+
+    day: dt.date = Field(primary_key=True)
+    # Billed plus reserved by requests in flight (a crashed request keeps its reservation).
+    committed: int = 0
+    billed: int = 0
+
+
+class DeepLGlossary(SQLModel, table=True):
+    """The glossary uploaded to DeepL for a target language, re-created when its entries change."""
+
+    __tablename__ = "deepl_glossary"
+
+    target_language: str = Field(primary_key=True, max_length=16)
+    glossary_id: str = Field(max_length=128)
+    entries_sha256: str = Field(max_length=64)
+    entry_count: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -26,7 +26,7 @@ from newsletter.matching import select_papers_for_day
 from newsletter.models import Announcement, Run, RunStatus, utcnow
 from newsletter.render import DigestRenderer
 from newsletter.tokens import LinkSigner, signing_key
-from newsletter.translate import DeepLTranslator, Translator, translate_selected
+from newsletter.translate import Translator, make_translator, translate_selected
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ class Transports:
 
 def production_transports(settings: Settings) -> Transports:
     """arXiv, DeepL and mail as configured by Settings."""
-    translator = (
-        DeepLTranslator(settings.deepl_auth_key, settings.deepl_server_url) if settings.deepl_auth_key else None
-    )
+    translator = make_translator(settings)
     return Transports(
         feed=HttpFeedSource(settings.feed_url, timeout=settings.arxiv_timeout_seconds),
         details=ArxivApiSource(

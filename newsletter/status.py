@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 
 from sqlalchemy import func, select
@@ -10,7 +9,7 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import Delivery, Run, Subscriber
-from newsletter.translate import billed_on
+from newsletter.translate import deepl_status_lines
 
 
 def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterator[str]:
@@ -37,9 +36,4 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
             + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
         )
         yield line
-    today = dt.datetime.now(dt.UTC).date()
-    month_start = dt.datetime.combine(today.replace(day=1), dt.time(), tzinfo=dt.UTC)
-    month = session.scalar(
-        select(func.coalesce(func.sum(Run.billed_characters), 0)).where(Run.started_at >= month_start)
-    )
-    yield f"DeepL characters billed: today {billed_on(session, today)}, this month {month}"
+    yield from deepl_status_lines(session, settings)

@@ -22,6 +22,20 @@ def upgrade() -> None:
     sa.Column('value', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    op.create_table('deepl_glossary',
+    sa.Column('target_language', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('glossary_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('entries_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('entry_count', sa.Integer(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('target_language')
+    )
+    op.create_table('deepl_usage',
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('committed', sa.Integer(), nullable=False),
+    sa.Column('billed', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('day')
+    )
     op.create_table('paper',
     sa.Column('arxiv_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
@@ -161,5 +175,7 @@ def downgrade() -> None:
 
     op.drop_table('run')
     op.drop_table('paper')
+    op.drop_table('deepl_usage')
+    op.drop_table('deepl_glossary')
     op.drop_table('app_secret')
     # ### end Alembic commands ###
