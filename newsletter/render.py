@@ -42,6 +42,7 @@ PREHEADER_PADDING = Markup("&zwnj;&nbsp;" * 60)
 # A section's "more papers" paragraph and list around the titles, for the size estimate (bytes).
 OVERFLOW_BLOCK_BYTES = 900
 FRAGMENT_CACHE_LIMIT = 50_000
+PAGE_BACKGROUND = "#f6f8fa"
 
 CATEGORY_NAMES = {
     "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
@@ -77,7 +78,7 @@ LABELS = {
             "Translation was not available for some papers today; they are shown in English only."
         ),
         "translation_missing": "Translation not available for this paper yet.",
-        "preheader": "{count} new papers · {keywords}",
+        "preheader": "{count} new papers · {keywords}", "preheader_one": "1 new paper · {keywords}",
     },
     "zh": {
         "heading": "arXiv 每日速递 · {day}", "day_format": "{year}年{month_number}月{day}日 {weekday}",
@@ -95,7 +96,7 @@ LABELS = {
         "why": "您收到此邮件,是因为您用以下关键词订阅了 arXiv 每日速递:",
         "translation_note": "今天部分论文暂时无法翻译,仅显示英文,翻译将在之后补上。",
         "translation_missing": "本文的中文翻译暂不可用。",
-        "preheader": "{count} 篇新论文 · {keywords}",
+        "preheader": "{count} 篇新论文 · {keywords}", "preheader_one": "1 篇新论文 · {keywords}",
     },
 }
 WEEKDAYS = {
@@ -145,6 +146,16 @@ def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
 
 
+# Escaped specials and \href that latex_to_unicode leaves as typed: "50\\%" reads "50%".
+_ESCAPED_SPECIAL = re.compile(r"\\([%&_#$])")
+_HREF = re.compile(r"\\href\{[^{}]*\}\{([^{}]*)\}")
+
+
+def readable(text: str) -> str:
+    """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
+    return _ESCAPED_SPECIAL.sub(r"\1", _HREF.sub(r"\1", latex_to_unicode(text)))
+
+
 @dataclass(eq=False)
 class PaperView:
     """A paper as one subscriber's digest shows it; the costly parts are computed on first use."""
@@ -172,19 +183,19 @@ class PaperView:
 
     @cached_property
     def title(self) -> str:
-        return latex_to_unicode(self.raw_title)
+        return readable(self.raw_title)
 
     @cached_property
     def abstract(self) -> str:
-        return latex_to_unicode(self.raw_abstract)
+        return readable(self.raw_abstract)
 
     @cached_property
     def title_translated(self) -> str | None:
-        return latex_to_unicode(self.raw_title_translated) if self.raw_title_translated else None
+        return readable(self.raw_title_translated) if self.raw_title_translated else None
 
     @cached_property
     def abstract_translated(self) -> str | None:
-        return latex_to_unicode(self.raw_abstract_translated) if self.raw_abstract_translated else None
+        return readable(self.raw_abstract_translated) if self.raw_abstract_translated else None
 
     @property
     def title_segments(self) -> list[tuple[str, bool]]:
@@ -381,7 +392,7 @@ def digest_context(digest: Digest) -> dict:
     return {
         "lang_attr": "zh-Hans" if group == "zh" else "en",
         "subject": labels[subject_key].format(day=digest.day.isoformat(), count=count),
-        "preheader": labels["preheader"].format(
+        "preheader": labels["preheader_one" if count == 1 else "preheader"].format(
             count=count, keywords=" · ".join(f"{keyword} ({n})" for keyword, n in counts) or "-"
         ),
         "preheader_padding": PREHEADER_PADDING,
@@ -468,7 +479,8 @@ def make_email_safe(html: str) -> str:
     html = re.sub(r'\s(?:role|aria-[a-z]+)="[^"]*"', "", html)
     html = re.sub(r"\s*word-(?:break|spacing):\s*[^;\"]*;?", "", html)
     html = re.sub(r"<body\b[^>]*>|</body>", "", html)
-    return html
+    # Without <body>, a browser (the web archive copy) paints its margin with the root's background.
+    return re.sub(r"<html\b", f'<html style="margin:0;padding:0;background-color:{PAGE_BACKGROUND};"', html, count=1)
 
 
 @lru_cache(maxsize=8)
