@@ -43,6 +43,8 @@ PREHEADER_PADDING = Markup("&zwnj;&nbsp;" * 60)
 OVERFLOW_BLOCK_BYTES = 900
 FRAGMENT_CACHE_LIMIT = 50_000
 PAGE_BACKGROUND = "#f6f8fa"
+# How much the frame (header, keyword headings, footer) may differ in size between two digests.
+FRAME_SIZE_SLACK = 4_000
 
 CATEGORY_NAMES = {
     "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
@@ -151,8 +153,10 @@ _ESCAPED_SPECIAL = re.compile(r"\\([%&_#$])")
 _HREF = re.compile(r"\\href\{[^{}]*\}\{([^{}]*)\}")
 
 
+@lru_cache(maxsize=8192)
 def readable(text: str) -> str:
     """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
+    # Cached: a paper is shown to many subscribers (with different highlights), converted once.
     return _ESCAPED_SPECIAL.sub(r"\1", _HREF.sub(r"\1", latex_to_unicode(text)))
 
 
@@ -375,14 +379,26 @@ def _count_text(labels: dict[str, str], count: int) -> str:
     return labels["papers_one"] if count == 1 else labels["papers"].format(count=count)
 
 
+@lru_cache(maxsize=1024)
+def _header_lines(day: dt.date, group: str, timezone: str, language: str) -> tuple[str, str, str]:
+    # Shared by every subscriber with the same day, language and zone: computed once each.
+    labels = LABELS[group]
+    announced = dt.datetime.combine(day - dt.timedelta(days=1), ANNOUNCEMENT_TIME, tzinfo=EASTERN)
+    zone, zone_name = _zone(timezone, language)
+    local = announced.astimezone(zone)
+    return (
+        labels["heading"].format(day=_long_day(day, group)),
+        labels["announced"].format(eastern=announced.strftime("%Y-%m-%d %H:%M"), eastern_abbr=announced.strftime("%Z")),
+        labels["local"].format(local=local.strftime("%Y-%m-%d %H:%M"), tz=zone_name, offset=_utc_offset(local)),
+    )
+
+
 def digest_context(digest: Digest) -> dict:
     """The per-subscriber values around the papers: header lines, subject, preheader, links, labels."""
     group = language_group(digest.language)
     labels = LABELS[group]
     count = digest.paper_count
-    announced = dt.datetime.combine(digest.day - dt.timedelta(days=1), ANNOUNCEMENT_TIME, tzinfo=EASTERN)
-    zone, zone_name = _zone(digest.timezone, digest.language)
-    local = announced.astimezone(zone)
+    heading, announced_line, local_line = _header_lines(digest.day, group, digest.timezone, digest.language)
     counts = [(s.keyword, len(s.papers) + len(s.overflow)) for s in digest.sections]
     if count == 0:
         count_line = labels["count_zero"]
@@ -396,13 +412,9 @@ def digest_context(digest: Digest) -> dict:
             count=count, keywords=" · ".join(f"{keyword} ({n})" for keyword, n in counts) or "-"
         ),
         "preheader_padding": PREHEADER_PADDING,
-        "heading": labels["heading"].format(day=_long_day(digest.day, group)),
-        "announced_line": labels["announced"].format(
-            eastern=announced.strftime("%Y-%m-%d %H:%M"), eastern_abbr=announced.strftime("%Z")
-        ),
-        "local_line": labels["local"].format(
-            local=local.strftime("%Y-%m-%d %H:%M"), tz=zone_name, offset=_utc_offset(local)
-        ),
+        "heading": heading,
+        "announced_line": announced_line,
+        "local_line": local_line,
         "count_line": count_line,
         "translation_note": labels["translation_note"] if digest.translation_missing else "",
         "keywords_line": "; ".join(keyword for keyword, _ in counts),
@@ -422,6 +434,14 @@ class SectionView:
     overflow: list = field(default_factory=list)
     overflow_hidden: int = 0
     overflow_hidden_text: str = ""
+
+    @property
+    def cards_html(self) -> Markup:
+        return Markup("".join(fragment.card for fragment in self.papers))
+
+    @property
+    def more_html(self) -> Markup:
+        return Markup("".join(fragment.more for fragment in self.overflow))
 
 
 @dataclass(frozen=True)
@@ -444,8 +464,15 @@ class CompiledEmail:
     more: str
 
 
-_CARD = re.compile(r"<!--card:start-->(.*?)<!--card:end-->", re.DOTALL)
-_MORE = re.compile(r"<!--more:start-->(.*?)<!--more:end-->", re.DOTALL)
+# The loops around the card and the overflow line, as the compiled template has them.
+_CARD_LOOP = re.compile(
+    r"\{%\s*for paper in section\.papers\s*%\}\s*<!--card:start-->(.*?)<!--card:end-->\s*\{%\s*endfor\s*%\}",
+    re.DOTALL,
+)
+_MORE_LOOP = re.compile(
+    r"\{%\s*for paper in section\.overflow\s*%\}\s*<!--more:start-->(.*?)<!--more:end-->\s*\{%\s*endfor\s*%\}",
+    re.DOTALL,
+)
 
 
 def compile_email_template(path: Path) -> str:
@@ -487,11 +514,12 @@ def make_email_safe(html: str) -> str:
 def _compiled_email(path: Path, modified_ns: int) -> CompiledEmail:
     # Keyed on the file's mtime so an edited template is picked up without a restart.
     html = compile_email_template(path)
-    card, more = _CARD.search(html), _MORE.search(html)
+    card, more = _CARD_LOOP.search(html), _MORE_LOOP.search(html)
     if card is None or more is None:
-        raise ValueError(f"{path} lacks the <!--card:start/end--> or <!--more:start/end--> markers")
-    frame = html[: card.start()] + "{{ paper.card }}" + html[card.end():]
-    frame = _MORE.sub("{{ paper.more }}", frame)
+        raise ValueError(f"{path} lacks the card or overflow loop with its <!--card/more:start/end--> markers")
+    # Per subscriber, the frame pastes each section's cards (rendered once per run) in one piece.
+    frame = html[: card.start()] + "{{ section.cards_html }}" + html[card.end():]
+    frame = _MORE_LOOP.sub("{{ section.more_html }}", frame)
     return CompiledEmail(frame=frame, card=card.group(1).strip(), more=more.group(1).strip())
 
 
@@ -501,8 +529,23 @@ def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
     return _compiled_email(path, path.stat().st_mtime_ns)
 
 
+def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
+    """Greedy word wrap for the text part (textwrap is ten times slower and this needs no hyphenation)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        lines.append(line)
+    return "\n".join(indent + line for line in lines)
+
+
 def _environment(templates_dir: Path, autoescape: bool) -> Environment:
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(templates_dir / "email"),
         autoescape=autoescape,
         undefined=StrictUndefined,
@@ -510,6 +553,8 @@ def _environment(templates_dir: Path, autoescape: bool) -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=not autoescape,
     )
+    env.filters["wrap_paragraph"] = wrap_paragraph
+    return env
 
 
 class DigestRenderer:
@@ -518,6 +563,7 @@ class DigestRenderer:
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
         self.templates_dir = templates_dir
         self._fragments: dict[tuple, PaperFragments] = {}
+        self._frame_bytes: dict[tuple[str, int], int] = {}
 
     @cached_property
     def _html_templates(self) -> tuple[Template, Template, Template]:
@@ -566,13 +612,20 @@ class DigestRenderer:
         frame = self._html_templates[0]
         labels = context["labels"]
         total = digest.paper_count
-        html = frame.render(context, sections=self._sections(digest, per_section, labels, None))
-        size = len(html.encode())
-        if size <= size_limit:
-            return html, total
-        # Sizes are known per card, so one estimate plus (rarely) a step or two replaces a search.
         flat = [f for fragments in per_section for f in fragments]
-        base = size - sum(f.card_size for f in flat)
+        cards = sum(f.card_size for f in flat)
+        # The frame around the cards weighs about the same for every digest with as many sections, so a
+        # digest that clearly cannot fit skips the full render.
+        shape = (context["lang_attr"], len(digest.sections))
+        base = self._frame_bytes.get(shape)
+        if base is None or base + cards <= size_limit + FRAME_SIZE_SLACK:
+            html = frame.render(context, sections=self._sections(digest, per_section, labels, None))
+            size = len(html.encode())
+            if size <= size_limit:
+                self._frame_bytes[shape] = size - cards
+                return html, total
+            base = size - cards
+        # Sizes are known per card, so one estimate plus (rarely) a step or two replaces a search.
         overhead = OVERFLOW_BLOCK_BYTES * len(digest.sections) + 3 * len(digest.links.archive)
         budget = size_limit - base - overhead
         keep = _cards_that_fit(flat, budget)
