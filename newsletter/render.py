@@ -544,7 +544,7 @@ def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
     return "\n".join(indent + line for line in lines)
 
 
-def _environment(templates_dir: Path, autoescape: bool) -> Environment:
+def template_environment(templates_dir: Path, autoescape: bool) -> Environment:
     env = Environment(
         loader=FileSystemLoader(templates_dir / "email"),
         autoescape=autoescape,
@@ -568,12 +568,12 @@ class DigestRenderer:
     @cached_property
     def _html_templates(self) -> tuple[Template, Template, Template]:
         compiled = compiled_email(self.templates_dir)
-        env = _environment(self.templates_dir, autoescape=True)
+        env = template_environment(self.templates_dir, autoescape=True)
         return env.from_string(compiled.frame), env.from_string(compiled.card), env.from_string(compiled.more)
 
     @cached_property
     def _text_templates(self) -> tuple[Template, Template]:
-        env = _environment(self.templates_dir, autoescape=False)
+        env = template_environment(self.templates_dir, autoescape=False)
         return env.get_template("digest.txt"), env.get_template("paper.txt")
 
     def fragments(self, paper: PaperView, language: str) -> PaperFragments:
