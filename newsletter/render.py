@@ -69,7 +69,8 @@ LABELS = {
         "count_zero": "No new papers for you today",
         "subject": "arXiv digest {day}: {count} new papers", "subject_one": "arXiv digest {day}: 1 new paper",
         "keyword": "Keyword", "papers": "{count} papers", "papers_one": "1 paper",
-        "no_result": "No new paper matched this keyword today.", "authors": "Authors", "authors_unit": "authors",
+        "no_result": "No new paper matched this keyword today.", "authors": "Authors",
+        "et_al_count": "et al. ({count} authors)",
         "subjects": "Subjects", "comment": "Comment", "abstract": "Abstract",
         "abstract_translated": "Abstract (translated)", "et_al": "et al.",
         "manage": "Manage preferences", "unsubscribe": "Unsubscribe", "view_in_browser": "View in browser",
@@ -90,7 +91,7 @@ LABELS = {
         "count_zero": "今天没有相关的新文章",
         "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "subject_one": "arXiv 每日速递 {day}: 1 篇新论文",
         "keyword": "关键词", "papers": "{count} 篇", "papers_one": "1 篇",
-        "no_result": "今天没有与此关键词匹配的新论文。", "authors": "作者", "authors_unit": "位作者",
+        "no_result": "今天没有与此关键词匹配的新论文。", "authors": "作者", "et_al_count": "等 (共 {count} 位作者)",
         "subjects": "学科", "comment": "备注", "abstract": "英文摘要", "abstract_translated": "中文摘要", "et_al": "等",
         "manage": "管理订阅", "unsubscribe": "退订", "view_in_browser": "在浏览器中查看",
         "more_papers": "更多论文(邮件篇幅有限,仅列标题):", "full_digest": "网页版完整内容",
@@ -490,7 +491,14 @@ def compile_email_template(path: Path) -> str:
     # lxml percent-encodes spaces in href values, which breaks "{{ link }}" placeholders.
     inlined = re.sub(r"\{\{(.*?)\}\}", lambda m: "{{" + unquote(m.group(1)) + "}}", inlined)
     inlined = re.sub(r"\{%(.*?)%\}", lambda m: "{%" + unquote(m.group(1)) + "%}", inlined)
-    return make_email_safe(inlined)
+    return slim(make_email_safe(inlined))
+
+
+def slim(html: str) -> str:
+    """Drop what inlining left useless, so more papers fit under Gmail's clipping size."""
+    html = re.sub(r'\sclass="[^"]*"', "", html)  # no <style> is left for a class to refer to
+    html = re.sub(r'(<p\b[^>]*style=")display:block;\s*', r"\1", html)  # a <p> is a block anyway
+    return re.sub(r"\n[ \t]+", "\n", html)  # indentation only; a newline stays a space
 
 
 def make_email_safe(html: str) -> str:
