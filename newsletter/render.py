@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -537,18 +538,34 @@ def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
     return _compiled_email(path, path.stat().st_mtime_ns)
 
 
+# A CJK character is a word of its own (and two columns wide); other words are runs without spaces.
+_WRAP_TOKEN = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]+|\s+")
+
+
+def _columns(token: str) -> int:
+    return 2 * len(token) if unicodedata.east_asian_width(token[0]) in "WF" else len(token)
+
+
 def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
-    """Greedy word wrap for the text part (textwrap is ten times slower and this needs no hyphenation)."""
+    """Word wrap for the text part by terminal columns, breaking Chinese between characters."""
     lines: list[str] = []
-    line = ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
+    line: list[str] = []
+    used = 0
+    space = False
+    for token in _WRAP_TOKEN.findall(text):
+        if token.isspace():
+            space = bool(line)
+            continue
+        gap = 1 if space else 0
+        columns = _columns(token)
+        if line and used + gap + columns > width:
+            lines.append("".join(line))
+            line, used, gap = [], 0, 0
+        line.append(" " * gap + token)
+        used += gap + columns
+        space = False
     if line:
-        lines.append(line)
+        lines.append("".join(line))
     return "\n".join(indent + line for line in lines)
 
 

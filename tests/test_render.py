@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import unicodedata
 from functools import lru_cache
 from html.parser import HTMLParser
 
@@ -21,6 +22,8 @@ from newsletter.render import (
     KeywordSection,
     PaperView,
     RenderedDigest,
+    _compiled_email,
+    compiled_email,
     paper_view,
 )
 from newsletter.tokens import SubscriberLinks
@@ -383,3 +386,25 @@ def test_rendering_a_digest_again_gives_the_same_email() -> None:
     first, second = renderer.render(digest), renderer.render(dataclasses.replace(digest))
 
     assert first == second
+
+
+def test_the_text_part_wraps_both_abstracts_for_an_80_column_terminal() -> None:
+    rendered = render(make_digest([("learning", many_papers(4))]))
+
+    abstract_lines = [line for line in rendered.text.splitlines() if line.startswith("    ")]
+    columns = [sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line) for line in abstract_lines]
+    assert len(abstract_lines) > 20 and max(columns) <= 78
+    assert any(unicodedata.east_asian_width(line[4]) == "W" for line in abstract_lines)  # Chinese wrapped too
+    chinese = sample_translations()[sample_papers()[0].arxiv_id].abstract
+    assert chinese[:30] in rendered.text.replace("\n    ", "")
+
+
+def test_many_renderers_and_subscribers_compile_the_template_once() -> None:
+    compiled_email()  # compiled (or already compiled) for this process
+    before = _compiled_email.cache_info()
+
+    for number in range(30):
+        DigestRenderer().render(make_digest([("learning", many_papers(number % 5 + 1))]))
+
+    after = _compiled_email.cache_info()
+    assert after.misses == before.misses and after.hits >= before.hits + 30
