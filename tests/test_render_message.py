@@ -6,7 +6,9 @@ import email
 import email.policy
 import os
 import re
+import shutil
 import subprocess
+import sys
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -17,10 +19,10 @@ from newsletter.models import Paper, Selection, Translation
 from newsletter.render import DigestRenderer, RenderedDigest, load_digest
 from newsletter.subscribers import subscribe
 from newsletter.tokens import LinkSigner, subscriber_links
-from tests.test_cli import NEWSLETTER
 from tests.test_render import DAY, many_papers, paper_by_id, sample_papers, sample_translations, visible
 
 BASE_URL = "https://digest.example.org"
+NEWSLETTER = shutil.which("newsletter") or str(Path(sys.executable).with_name("newsletter"))
 
 
 def store_day(session: Session, email_address: str, language: str, papers_by_keyword: dict[str, list[Paper]]) -> int:
