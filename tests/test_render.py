@@ -357,14 +357,16 @@ def test_a_60_paper_day_stays_under_the_gmail_clip_and_lists_the_rest_by_title_w
 def test_a_huge_day_lists_as_many_titles_as_fit_and_counts_the_rest() -> None:
     papers = many_papers(1200)
 
-    rendered = render(make_digest([("learning", papers)]))
+    rendered = render(make_digest([("learning", papers[:1100]), ("robotics", papers[1100:])]))
 
     assert len(rendered.html.encode("utf-8")) <= HTML_SIZE_LIMIT
-    text, _ = visible(rendered.html)
-    hidden = re.search(r"……另有 (\d+) 篇,见网页版", text)
-    assert hidden is not None
+    text, hrefs = visible(rendered.html)
+    hidden = [int(n) for n in re.findall(r"……另有 (\d+) 篇,见网页版", text)]
+    assert len(hidden) == 2  # each section says how many it could not list
+    assert "关键词: robotics (100 篇)" in text and text.index("关键词: robotics") < text.rindex("……另有 100 篇,见网页版")
     listed = rendered.html.count("<li ")
-    assert rendered.papers_in_full + listed + int(hidden.group(1)) == 1200
+    assert rendered.papers_in_full + listed + sum(hidden) == 1200
+    assert hrefs.count(LINKS.archive) >= 4
 
 
 def test_a_small_size_limit_still_shows_the_first_papers_in_full() -> None:
