@@ -538,16 +538,22 @@ def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
     return _compiled_email(path, path.stat().st_mtime_ns)
 
 
+_WIDE = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
+_HAS_WIDE = re.compile(f"[{_WIDE}]")
 # A CJK character is a word of its own (and two columns wide); other words are runs without spaces.
-_WRAP_TOKEN = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]+|\s+")
+_WRAP_TOKEN = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
 
 
 def _columns(token: str) -> int:
     return 2 * len(token) if unicodedata.east_asian_width(token[0]) in "WF" else len(token)
 
 
+@lru_cache(maxsize=4096)
 def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
     """Word wrap for the text part by terminal columns, breaking Chinese between characters."""
+    # Cached: a translated abstract is the same for every subscriber who gets the paper.
+    if not _HAS_WIDE.search(text):
+        return _wrap_words(text.split(), width, indent)
     lines: list[str] = []
     line: list[str] = []
     used = 0
@@ -566,6 +572,20 @@ def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
         space = False
     if line:
         lines.append("".join(line))
+    return "\n".join(indent + line for line in lines)
+
+
+def _wrap_words(words: list[str], width: int, indent: str) -> str:
+    lines: list[str] = []
+    line = ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        lines.append(line)
     return "\n".join(indent + line for line in lines)
 
 
