@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
@@ -72,7 +72,7 @@ LABELS = {
         "keyword": "Keyword", "papers": "{count} papers", "papers_one": "1 paper",
         "no_result": "No new paper matched this keyword today.", "authors": "Authors",
         "et_al_count": "et al. ({count} authors)",
-        "subjects": "Subjects", "comment": "Comment", "abstract": "Abstract",
+        "subjects": "Subjects", "comment": "Comment", "journal_ref": "Journal reference", "abstract": "Abstract",
         "abstract_translated": "Abstract (translated)", "et_al": "et al.",
         "manage": "Manage preferences", "unsubscribe": "Unsubscribe", "view_in_browser": "View in browser",
         "more_papers": "More papers, by title (the email would be too long to show them in full):",
@@ -93,7 +93,8 @@ LABELS = {
         "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "subject_one": "arXiv 每日速递 {day}: 1 篇新论文",
         "keyword": "关键词", "papers": "{count} 篇", "papers_one": "1 篇",
         "no_result": "今天没有与此关键词匹配的新论文。", "authors": "作者", "et_al_count": "等 (共 {count} 位作者)",
-        "subjects": "学科", "comment": "备注", "abstract": "英文摘要", "abstract_translated": "中文摘要", "et_al": "等",
+        "subjects": "学科", "comment": "备注",
+        "journal_ref": "期刊引用", "abstract": "英文摘要", "abstract_translated": "中文摘要", "et_al": "等",
         "manage": "管理订阅", "unsubscribe": "退订", "view_in_browser": "在浏览器中查看",
         "more_papers": "更多论文(邮件篇幅有限,仅列标题):", "full_digest": "网页版完整内容",
         "more_hidden": "……另有 {count} 篇,见网页版",
@@ -178,6 +179,8 @@ class PaperView:
     raw_title_translated: str | None = None
     raw_abstract_translated: str | None = None
     translation_missing: bool = False
+    journal_ref: str | None = None
+    doi: str | None = None
 
     @property
     def cache_key(self) -> tuple:
@@ -257,6 +260,10 @@ class PaperView:
     def html_url(self) -> str:
         return f"https://arxiv.org/html/{self.arxiv_id}v{self.version}"
 
+    @property
+    def doi_url(self) -> str | None:
+        return f"https://doi.org/{quote(self.doi, safe='/:;()._-')}" if self.doi else None
+
 
 @dataclass
 class KeywordSection:
@@ -314,6 +321,8 @@ def paper_view(
         raw_title_translated=translation.title if translation else None,
         raw_abstract_translated=translation.abstract if translation else None,
         translation_missing=translation_wanted and translation is None,
+        journal_ref=paper.journal_ref,
+        doi=paper.doi,
     )
 
 

@@ -411,3 +411,15 @@ def test_many_renderers_and_subscribers_compile_the_template_once() -> None:
 
     after = _compiled_email.cache_info()
     assert after.misses == before.misses and after.hits >= before.hits + 30
+
+
+def test_a_published_paper_shows_its_journal_reference_and_links_its_doi() -> None:
+    paper = Paper(**{**sample_papers()[0].model_dump(), "journal_ref": "Softw. Test. Verif. Reliab. 32(4), 2022",
+                     "doi": "10.1002/stvr.1815"})
+
+    rendered = render(make_digest([("x", [view(paper, [])])], language="EN-US"))
+
+    text, hrefs = visible(rendered.html)
+    assert "Journal reference: Softw. Test. Verif. Reliab. 32(4), 2022" in text
+    assert "https://doi.org/10.1002/stvr.1815" in hrefs
+    assert "DOI:   https://doi.org/10.1002/stvr.1815" in rendered.text
