@@ -666,8 +666,7 @@ class DigestRenderer:
         frame = self._html_templates[0]
         labels = context["labels"]
         total = digest.paper_count
-        flat = [f for fragments in per_section for f in fragments]
-        cards = sum(f.card_size for f in flat)
+        cards = sum(f.card_size for fragments in per_section for f in fragments)
         # The frame around the cards weighs about the same for every digest with as many sections, so a
         # digest that clearly cannot fit skips the full render.
         shape = (context["lang_attr"], len(digest.sections))
@@ -679,15 +678,20 @@ class DigestRenderer:
                 self._frame_bytes[shape] = size - cards
                 return html, total
             base = size - cards
-        # Sizes are known per card, so one estimate plus (rarely) a step or two replaces a search.
+        # Sizes are known per card, so one estimate plus (rarely) a step or two replaces a search. Cards
+        # are taken round-robin over the keywords, so every keyword shows its first papers in full.
+        order = _round_robin(per_section)
         overhead = OVERFLOW_BLOCK_BYTES * len(digest.sections) + 3 * len(digest.links.archive)
         budget = size_limit - base - overhead
-        keep = _cards_that_fit(flat, budget)
+        keep = _cards_that_fit([fragment for _, fragment in order], budget)
         while True:
-            more_budget = budget - sum(f.card_size for f in flat[:keep])
-            titles = _titles_that_fit(flat[keep:], more_budget)
-            sections = self._sections(digest, per_section, labels, (keep, titles))
-            html = frame.render(context, sections=sections)
+            full = [0] * len(per_section)
+            for index, _ in order[:keep]:
+                full[index] += 1
+            more_budget = budget - sum(fragment.card_size for _, fragment in order[:keep])
+            rest = [f for count, fragments in zip(full, per_section, strict=True) for f in fragments[count:]]
+            titles = _titles_that_fit(rest, more_budget)
+            html = frame.render(context, sections=self._sections(digest, per_section, labels, (full, titles)))
             if len(html.encode()) <= size_limit or (keep == 0 and titles == 0):
                 return html, keep
             if keep > 0:
@@ -697,14 +701,13 @@ class DigestRenderer:
 
     @staticmethod
     def _sections(
-        digest: Digest, per_section: list[list[PaperFragments]], labels: dict, cut: tuple[int, int] | None
+        digest: Digest, per_section: list[list[PaperFragments]], labels: dict, cut: tuple[list[int], int] | None
     ) -> list[SectionView]:
-        # cut = (papers shown in full, titles listed after them), counted across sections in order.
-        keep, titles = cut if cut is not None else (digest.paper_count, 0)
+        # cut = (papers shown in full per section, titles listed after them counted across sections in order).
+        full_counts, titles = cut if cut is not None else ([len(f) for f in per_section], 0)
         views = []
-        for section, fragments in zip(digest.sections, per_section, strict=True):
+        for section, fragments, keep in zip(digest.sections, per_section, full_counts, strict=True):
             full, rest = fragments[:keep], fragments[keep:]
-            keep -= len(full)
             listed, titles = rest[:titles], titles - len(rest[:titles])
             hidden = len(rest) - len(listed)
             views.append(
@@ -713,12 +716,23 @@ class DigestRenderer:
                     count_text=_count_text(labels, len(fragments)),
                     empty=not fragments,
                     papers=full,
-                    overflow=listed if rest else [],
+                    overflow=listed,
                     overflow_hidden=hidden,
                     overflow_hidden_text=labels["more_hidden"].format(count=hidden) if hidden else "",
                 )
             )
         return views
+
+
+def _round_robin(per_section: list[list[PaperFragments]]) -> list[tuple[int, PaperFragments]]:
+    """(section index, fragment): the first paper of each section, then the second of each, and so on."""
+    depth = max((len(fragments) for fragments in per_section), default=0)
+    return [
+        (index, fragments[level])
+        for level in range(depth)
+        for index, fragments in enumerate(per_section)
+        if level < len(fragments)
+    ]
 
 
 def _cards_that_fit(flat: list[PaperFragments], budget: int) -> int:
