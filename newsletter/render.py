@@ -1,22 +1,28 @@
-"""Render: the digest template is compiled (MJML) and inlined (premailer) once, then filled per subscriber."""
+"""Render: the digest template is compiled (MJML) and inlined (premailer) once, then filled per subscriber.
+
+A subscriber's render never calls MJML or premailer: `compile_email_template` turns digest.mjml into an
+autoescaping Jinja template once per process, and cuts the per-paper card out of it. Cards are rendered
+once per (paper, matched terms, language) and reused for every subscriber of the run who gets that paper.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
-from urllib.parse import unquote
-from zoneinfo import ZoneInfo
+from urllib.parse import quote, unquote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup, escape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
+from markupsafe import Markup
 from mjml import mjml2html
 from premailer import Premailer
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from newsletter.config import TEMPLATES_DIR
@@ -25,10 +31,21 @@ from newsletter.latex import latex_to_unicode
 from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation
 from newsletter.tokens import SubscriberLinks
 
-# Gmail clips an HTML part above 102 KB; keep a margin for headers and transfer encoding.
+# Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
 HTML_SIZE_LIMIT = 100_000
 AUTHORS_SHOWN = 8
 EASTERN = ZoneInfo("America/New_York")
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# Announcements go out at 20:00 US Eastern on the evening before the announcement day's date.
+ANNOUNCEMENT_TIME = dt.time(20, 0)
+# Clients fill the inbox preview line with body text after the preheader; these keep it blank.
+PREHEADER_PADDING = Markup("&zwnj;&nbsp;" * 60)
+# A section's "more papers" paragraph and list around the titles, for the size estimate (bytes).
+OVERFLOW_BLOCK_BYTES = 900
+FRAGMENT_CACHE_LIMIT = 50_000
+PAGE_BACKGROUND = "#f6f8fa"
+# How much the frame (header, keyword headings, footer) may differ in size between two digests.
+FRAME_SIZE_SLACK = 4_000
 
 CATEGORY_NAMES = {
     "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
@@ -46,57 +63,190 @@ CATEGORY_NAMES = {
 
 LABELS = {
     "en": {
-        "heading": "arXiv digest for {day}", "announced": "Announced {eastern} (US Eastern), {local} ({tz})",
+        "heading": "arXiv digest · {day}", "day_format": "{weekday}, {day} {month} {year}",
+        "announced": "Announced {eastern} US Eastern ({eastern_abbr})",
+        "local": "That is {local} in your time zone ({tz}, UTC{offset})",
         "count": "{count} new papers for you today", "count_one": "1 new paper for you today",
-        "subject": "arXiv digest {day}: {count} papers", "keyword": "Keyword", "papers": "{count} papers",
+        "count_zero": "No new papers for you today",
+        "subject": "arXiv digest {day}: {count} new papers", "subject_one": "arXiv digest {day}: 1 new paper",
+        "keyword": "Keyword", "papers": "{count} papers", "papers_one": "1 paper",
         "no_result": "No new paper matched this keyword today.", "authors": "Authors",
-        "subjects": "Subjects", "comment": "Comment", "abstract": "Abstract",
+        "et_al_count": "et al. ({count} authors)",
+        "subjects": "Subjects", "comment": "Comment", "journal_ref": "Journal reference", "abstract": "Abstract",
         "abstract_translated": "Abstract (translated)", "et_al": "et al.",
         "manage": "Manage preferences", "unsubscribe": "Unsubscribe", "view_in_browser": "View in browser",
         "more_papers": "More papers, by title (the email would be too long to show them in full):",
-        "full_digest": "Full digest on the web",
-        "why": "You receive this because you subscribed to the arXiv digest with these keywords.",
+        "full_digest": "Full digest on the web", "more_hidden": "…and {count} more on the web",
+        "why": "You receive this because you subscribed to the arXiv digest with these keywords:",
         "translation_note": (
-            "Translation was not available today; the papers are shown in English "
-            "and will be translated in a later digest."
+            "Translation was not available for some papers today; they are shown in English only."
         ),
-        "preheader": "{count} new papers: {keywords}",
+        "translation_missing": "Translation not available for this paper yet.",
+        "preheader": "{count} new papers · {keywords}", "preheader_one": "1 new paper · {keywords}",
     },
     "zh": {
-        "heading": "arXiv 每日速递 {day}", "announced": "arXiv 发布时间: {eastern} (美东), {local} ({tz})",
+        "heading": "arXiv 每日速递 · {day}", "day_format": "{year}年{month_number}月{day}日 {weekday}",
+        "announced": "arXiv 发布时间: {eastern} 美东时间 ({eastern_abbr})",
+        "local": "您的时区: {local} ({tz}, UTC{offset})",
         "count": "今天共有 {count} 篇相关文章", "count_one": "今天共有 1 篇相关文章",
-        "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "keyword": "关键词", "papers": "{count} 篇",
-        "no_result": "今天没有与此关键词匹配的新论文。", "authors": "作者", "subjects": "学科",
-        "comment": "备注", "abstract": "英文摘要", "abstract_translated": "中文摘要", "et_al": "等",
+        "count_zero": "今天没有相关的新文章",
+        "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "subject_one": "arXiv 每日速递 {day}: 1 篇新论文",
+        "keyword": "关键词", "papers": "{count} 篇", "papers_one": "1 篇",
+        "no_result": "今天没有与此关键词匹配的新论文。", "authors": "作者", "et_al_count": "等 (共 {count} 位作者)",
+        "subjects": "学科", "comment": "备注",
+        "journal_ref": "期刊引用", "abstract": "英文摘要", "abstract_translated": "中文摘要", "et_al": "等",
         "manage": "管理订阅", "unsubscribe": "退订", "view_in_browser": "在浏览器中查看",
         "more_papers": "更多论文(邮件篇幅有限,仅列标题):", "full_digest": "网页版完整内容",
-        "why": "您收到此邮件,是因为您用这些关键词订阅了 arXiv 每日速递。",
-        "translation_note": "今天暂时无法翻译,论文以英文显示,翻译将在之后的邮件中补上。",
-        "preheader": "{count} 篇新论文: {keywords}",
+        "more_hidden": "……另有 {count} 篇,见网页版",
+        "why": "您收到此邮件,是因为您用以下关键词订阅了 arXiv 每日速递:",
+        "translation_note": "今天部分论文暂时无法翻译,仅显示英文,翻译将在之后补上。",
+        "translation_missing": "本文的中文翻译暂不可用。",
+        "preheader": "{count} 篇新论文 · {keywords}", "preheader_one": "1 篇新论文 · {keywords}",
     },
 }
+WEEKDAYS = {
+    "en": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+    "zh": ["星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日"],
+}
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+
+def language_group(language: str) -> str:
+    """'zh' for every Chinese variant (ZH, ZH-HANS, ZH-HANT), else 'en'."""
+    return "zh" if language.upper().startswith("ZH") else "en"
 
 
 def labels_for(language: str) -> dict[str, str]:
     """Interface strings in the subscriber's language (Chinese variants share one set)."""
-    return LABELS["zh"] if language.upper().startswith("ZH") else LABELS["en"]
+    return LABELS[language_group(language)]
 
 
-@dataclass
+def text_segments(text: str, terms: Iterable[str]) -> list[tuple[str, bool]]:
+    """`text` cut into (piece, matched) pairs, the matched words as their own pieces."""
+    pieces: list[tuple[str, bool]] = []
+    last = 0
+    for start, end in highlight_spans(text, terms):
+        if start > last:
+            pieces.append((text[last:start], False))
+        pieces.append((text[start:end], True))
+        last = end
+    if last < len(text) or not pieces:
+        pieces.append((text[last:], False))
+    return pieces
+
+
+def marked(text: str, terms: Iterable[str]) -> str:
+    """Plain text with the matched words marked *like this*."""
+    return "".join(f"*{piece}*" if hit else piece for piece, hit in text_segments(text, terms))
+
+
+def subjects_line(categories: Sequence[str], primary: str) -> str:
+    """'Machine Learning (cs.LG); Artificial Intelligence (cs.AI)', the primary category first."""
+    return "; ".join(_subject_names(categories, primary))
+
+
+def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
+    ordered = [primary, *[c for c in categories if c != primary]] if primary else list(categories)
+    return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
+
+
+# Escaped specials and \href that latex_to_unicode leaves as typed: "50\\%" reads "50%".
+_ESCAPED_SPECIAL = re.compile(r"\\([%&_#$])")
+_HREF = re.compile(r"\\href\{[^{}]*\}\{([^{}]*)\}")
+
+
+@lru_cache(maxsize=8192)
+def readable(text: str) -> str:
+    """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
+    # Cached: a paper is shown to many subscribers (with different highlights), converted once.
+    return _ESCAPED_SPECIAL.sub(r"\1", _HREF.sub(r"\1", latex_to_unicode(text)))
+
+
+@dataclass(eq=False)
 class PaperView:
+    """A paper as one subscriber's digest shows it; the costly parts are computed on first use."""
+
     arxiv_id: str
     version: int
-    title: str
-    title_html: Markup
-    title_text: str
-    title_translated: str | None
-    authors_text: str
-    authors_more: bool
-    subjects: str
+    raw_title: str
+    raw_abstract: str
+    authors: tuple[str, ...]
+    categories: tuple[str, ...]
+    primary_category: str
     comment: str | None
-    abstract_html: Markup
-    abstract_text: str
-    abstract_translated: str | None
+    terms: tuple[str, ...] = ()
+    raw_title_translated: str | None = None
+    raw_abstract_translated: str | None = None
+    translation_missing: bool = False
+    journal_ref: str | None = None
+    doi: str | None = None
+
+    @property
+    def cache_key(self) -> tuple:
+        """Everything a rendered card depends on, apart from the language of its labels."""
+        return (
+            self.arxiv_id, self.version, self.terms, self.raw_title_translated, self.raw_abstract_translated,
+            self.translation_missing,
+        )
+
+    @cached_property
+    def title(self) -> str:
+        return readable(self.raw_title)
+
+    @cached_property
+    def abstract(self) -> str:
+        return readable(self.raw_abstract)
+
+    @cached_property
+    def title_translated(self) -> str | None:
+        return readable(self.raw_title_translated) if self.raw_title_translated else None
+
+    @cached_property
+    def abstract_translated(self) -> str | None:
+        return readable(self.raw_abstract_translated) if self.raw_abstract_translated else None
+
+    @property
+    def title_segments(self) -> list[tuple[str, bool]]:
+        return text_segments(self.title, self.terms)
+
+    @property
+    def abstract_segments(self) -> list[tuple[str, bool]]:
+        return text_segments(self.abstract, self.terms)
+
+    @property
+    def title_marked(self) -> str:
+        return marked(self.title, self.terms)
+
+    @property
+    def abstract_marked(self) -> str:
+        return marked(self.abstract, self.terms)
+
+    @property
+    def authors_total(self) -> int:
+        return len(self.authors)
+
+    @property
+    def authors_hidden(self) -> int:
+        """How many authors 'et al.' stands for (long lists only: two names are never hidden)."""
+        return len(self.authors) - AUTHORS_SHOWN if len(self.authors) > AUTHORS_SHOWN + 2 else 0
+
+    @property
+    def authors_shown(self) -> str:
+        return ", ".join(self.authors[: len(self.authors) - self.authors_hidden])
+
+    @property
+    def primary_subject(self) -> str:
+        names = _subject_names(self.categories, self.primary_category)
+        return names[0] if names else ""
+
+    @property
+    def other_subjects(self) -> str:
+        return "; ".join(_subject_names(self.categories, self.primary_category)[1:])
+
+    @property
+    def subjects(self) -> str:
+        return subjects_line(self.categories, self.primary_category)
 
     @property
     def abs_url(self) -> str:
@@ -109,6 +259,10 @@ class PaperView:
     @property
     def html_url(self) -> str:
         return f"https://arxiv.org/html/{self.arxiv_id}v{self.version}"
+
+    @property
+    def doi_url(self) -> str | None:
+        return f"https://doi.org/{quote(self.doi, safe='/:;()._-')}" if self.doi else None
 
 
 @dataclass
@@ -146,56 +300,29 @@ class RenderedDigest:
     text: str
     html: str
     preheader: str
+    papers_in_full: int = 0
+    papers_by_title: int = 0
 
 
-def subjects_line(categories: Sequence[str], primary: str) -> str:
-    """'Machine Learning (cs.LG); Artificial Intelligence (cs.AI)', the primary category first."""
-    ordered = [primary, *[c for c in categories if c != primary]] if primary else list(categories)
-    return "; ".join(f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in ordered if c)
-
-
-def highlighted(text: str, terms: Iterable[str]) -> Markup:
-    """Escaped text with the matched words wrapped in <mark>."""
-    pieces: list[str] = []
-    last = 0
-    for start, end in highlight_spans(text, terms):
-        pieces.append(escape(text[last:start]))
-        pieces.append(Markup("<mark>") + escape(text[start:end]) + Markup("</mark>"))
-        last = end
-    pieces.append(escape(text[last:]))
-    return Markup("").join(pieces)
-
-
-def marked(text: str, terms: Iterable[str]) -> str:
-    """Plain text with the matched words marked *like this*."""
-    pieces: list[str] = []
-    last = 0
-    for start, end in highlight_spans(text, terms):
-        pieces.extend((text[last:start], "*", text[start:end], "*"))
-        last = end
-    pieces.append(text[last:])
-    return "".join(pieces)
-
-
-def paper_view(paper: Paper, translation: Translation | None, terms: Sequence[str]) -> PaperView:
-    """What the email shows of a paper, LaTeX made readable in both languages."""
-    title = latex_to_unicode(paper.title)
-    abstract = latex_to_unicode(paper.abstract)
-    authors = list(paper.authors)
+def paper_view(
+    paper: Paper, translation: Translation | None, terms: Sequence[str], translation_wanted: bool = False
+) -> PaperView:
+    """What the email shows of a paper (LaTeX is made readable only when a card is first rendered)."""
     return PaperView(
         arxiv_id=paper.arxiv_id,
         version=paper.version,
-        title=title,
-        title_html=highlighted(title, terms),
-        title_text=marked(title, terms),
-        title_translated=latex_to_unicode(translation.title) if translation else None,
-        authors_text=", ".join(authors[:AUTHORS_SHOWN] if len(authors) > AUTHORS_SHOWN + 2 else authors),
-        authors_more=len(authors) > AUTHORS_SHOWN + 2,
-        subjects=subjects_line(paper.categories, paper.primary_category),
+        raw_title=paper.title,
+        raw_abstract=paper.abstract,
+        authors=tuple(paper.authors),
+        categories=tuple(paper.categories),
+        primary_category=paper.primary_category,
         comment=paper.comment,
-        abstract_html=highlighted(abstract, terms),
-        abstract_text=marked(abstract, terms),
-        abstract_translated=latex_to_unicode(translation.abstract) if translation else None,
+        terms=tuple(terms),
+        raw_title_translated=translation.title if translation else None,
+        raw_abstract_translated=translation.abstract if translation else None,
+        translation_missing=translation_wanted and translation is None,
+        journal_ref=paper.journal_ref,
+        doi=paper.doi,
     )
 
 
@@ -218,14 +345,12 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
         .where(Selection.day == day, Selection.subscriber_id == subscriber.id)
         .order_by(Selection.keyword_position, Paper.arxiv_id)
     )
-    translation_missing = False
-    translate_wanted = not subscriber.language.upper().startswith("EN")
+    translation_wanted = not subscriber.language.upper().startswith("EN")
     for selection, paper, translation in rows:
         if selection.keyword_position >= len(sections):
             continue  # the subscriber removed that keyword since the match
-        if translate_wanted and translation is None:
-            translation_missing = True
-        sections[selection.keyword_position].papers.append(paper_view(paper, translation, selection.terms))
+        view = paper_view(paper, translation, selection.terms, translation_wanted)
+        sections[selection.keyword_position].papers.append(view)
     return Digest(
         day=day,
         email=subscriber.email,
@@ -233,106 +358,136 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
         timezone=subscriber.timezone,
         sections=sections,
         links=links,
-        translation_missing=translation_missing,
+        translation_missing=any(p.translation_missing for s in sections for p in s.papers),
     )
 
 
-class DigestRenderer:
-    """Compiles the MJML template and inlines its CSS once; `render` only fills it."""
-
-    def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
-        self.templates_dir = templates_dir
-
-    @cached_property
-    def _environment(self) -> Environment:
-        return Environment(
-            loader=FileSystemLoader(self.templates_dir / "email"),
-            autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-
-    @cached_property
-    def html_template(self):  # type: ignore[no-untyped-def]
-        return self._environment.from_string(compile_email_template(self.templates_dir / "email" / "digest.mjml"))
-
-    @cached_property
-    def text_template(self):  # type: ignore[no-untyped-def]
-        env = Environment(
-            loader=FileSystemLoader(self.templates_dir / "email"),
-            autoescape=False,
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-        )
-        return env.get_template("digest.txt")
-
-    def render(self, digest: Digest, size_limit: int = HTML_SIZE_LIMIT) -> RenderedDigest:
-        """Subject, text and HTML for one digest; papers beyond the size limit are listed by title."""
-        context = self._context(digest)
-        html = self.html_template.render(context)
-        if len(html.encode()) > size_limit:
-            html = self._fit(digest, context, size_limit)
-        text = self.text_template.render(self._context(digest))
-        return RenderedDigest(subject=context["subject"], text=text, html=html, preheader=context["preheader"])
-
-    def _fit(self, digest: Digest, context: dict, size_limit: int) -> str:
-        # Guess from the average paper size, then step down until the HTML fits.
-        full = sum(len(s.papers) for s in digest.sections)
-        html = self.html_template.render(context)
-        keep = int(full * size_limit / len(html.encode()))
-        while True:
-            html = self.html_template.render({**context, "sections": _trim_sections(digest.sections, keep)})
-            if len(html.encode()) <= size_limit or keep == 0:
-                return html
-            keep -= 1
-
-    def _context(self, digest: Digest) -> dict:
-        labels = labels_for(digest.language)
-        count = digest.paper_count
-        announced = dt.datetime.combine(digest.day - dt.timedelta(days=1), dt.time(20, 0), tzinfo=EASTERN)
-        local_zone = ZoneInfo(digest.timezone)
-        for section in digest.sections:
-            section.count_text = labels["papers"].format(count=len(section.papers) + len(section.overflow))
-        keywords = ", ".join(s.keyword for s in digest.sections if s.papers or s.overflow) or "-"
-        return {
-            "lang_attr": "zh-Hans" if digest.language.upper().startswith("ZH") else "en",
-            "subject": labels["subject"].format(day=digest.day.isoformat(), count=count),
-            "preheader": labels["preheader"].format(count=count, keywords=keywords),
-            "heading": labels["heading"].format(day=digest.day.isoformat()),
-            "announced_line": labels["announced"].format(
-                eastern=announced.strftime("%Y-%m-%d %H:%M"),
-                local=announced.astimezone(local_zone).strftime("%Y-%m-%d %H:%M"),
-                tz=digest.timezone,
-            ),
-            "count_line": labels["count_one"] if count == 1 else labels["count"].format(count=count),
-            "translation_note": labels["translation_note"] if digest.translation_missing else "",
-            "sections": digest.sections,
-            "links": digest.links,
-            "labels": labels,
-        }
+def _zone(name: str, language: str) -> tuple[ZoneInfo, str]:
+    # A zone name stored before validation existed (or mistyped in a config) must not stop a digest.
+    try:
+        return ZoneInfo(name), name
+    except (ZoneInfoNotFoundError, ValueError):
+        fallback = DEFAULT_TIMEZONE if language_group(language) == "zh" else "UTC"
+        return ZoneInfo(fallback), fallback
 
 
-def _trim_sections(sections: list[KeywordSection], keep: int) -> list[KeywordSection]:
-    trimmed = []
-    for section in sections:
-        shown = section.papers[:keep]
-        keep -= len(shown)
-        trimmed.append(
-            KeywordSection(
-                keyword=section.keyword,
-                papers=shown,
-                overflow=section.papers[len(shown):] + section.overflow,
-                count_text=section.count_text,
-            )
-        )
-    return trimmed
+def _utc_offset(moment: dt.datetime) -> str:
+    offset = moment.utcoffset() or dt.timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{sign}{hours}" + (f":{rest:02d}" if rest else "")
+
+
+def _long_day(day: dt.date, group: str) -> str:
+    return LABELS[group]["day_format"].format(
+        weekday=WEEKDAYS[group][day.weekday()], day=day.day, month=MONTHS[day.month - 1],
+        month_number=day.month, year=day.year,
+    )
+
+
+def _count_text(labels: dict[str, str], count: int) -> str:
+    return labels["papers_one"] if count == 1 else labels["papers"].format(count=count)
+
+
+@lru_cache(maxsize=1024)
+def _header_lines(day: dt.date, group: str, timezone: str, language: str) -> tuple[str, str, str]:
+    # Shared by every subscriber with the same day, language and zone: computed once each.
+    labels = LABELS[group]
+    announced = dt.datetime.combine(day - dt.timedelta(days=1), ANNOUNCEMENT_TIME, tzinfo=EASTERN)
+    zone, zone_name = _zone(timezone, language)
+    local = announced.astimezone(zone)
+    return (
+        labels["heading"].format(day=_long_day(day, group)),
+        labels["announced"].format(eastern=announced.strftime("%Y-%m-%d %H:%M"), eastern_abbr=announced.strftime("%Z")),
+        labels["local"].format(local=local.strftime("%Y-%m-%d %H:%M"), tz=zone_name, offset=_utc_offset(local)),
+    )
+
+
+def digest_context(digest: Digest) -> dict:
+    """The per-subscriber values around the papers: header lines, subject, preheader, links, labels."""
+    group = language_group(digest.language)
+    labels = LABELS[group]
+    count = digest.paper_count
+    heading, announced_line, local_line = _header_lines(digest.day, group, digest.timezone, digest.language)
+    counts = [(s.keyword, len(s.papers) + len(s.overflow)) for s in digest.sections]
+    if count == 0:
+        count_line = labels["count_zero"]
+    else:
+        count_line = labels["count_one"] if count == 1 else labels["count"].format(count=count)
+    subject_key = "subject_one" if count == 1 else "subject"
+    return {
+        "lang_attr": "zh-Hans" if group == "zh" else "en",
+        "subject": labels[subject_key].format(day=digest.day.isoformat(), count=count),
+        "preheader": labels["preheader_one" if count == 1 else "preheader"].format(
+            count=count, keywords=" · ".join(f"{keyword} ({n})" for keyword, n in counts) or "-"
+        ),
+        "preheader_padding": PREHEADER_PADDING,
+        "heading": heading,
+        "announced_line": announced_line,
+        "local_line": local_line,
+        "count_line": count_line,
+        "translation_note": labels["translation_note"] if digest.translation_missing else "",
+        "keywords_line": "; ".join(keyword for keyword, _ in counts),
+        "links": digest.links,
+        "labels": labels,
+    }
+
+
+@dataclass
+class SectionView:
+    """A keyword section as the template shows it: papers in full, then the rest by title."""
+
+    keyword: str
+    count_text: str
+    empty: bool
+    papers: list = field(default_factory=list)
+    overflow: list = field(default_factory=list)
+    overflow_hidden: int = 0
+    overflow_hidden_text: str = ""
+
+    @property
+    def cards_html(self) -> Markup:
+        return Markup("".join(fragment.card for fragment in self.papers))
+
+    @property
+    def more_html(self) -> Markup:
+        return Markup("".join(fragment.more for fragment in self.overflow))
+
+
+@dataclass(frozen=True)
+class PaperFragments:
+    """One paper's rendered card (HTML and text) and its one-line entry for the overflow list."""
+
+    card: Markup
+    card_size: int
+    more: Markup
+    more_size: int
+    text: str
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    """digest.mjml compiled, inlined and cut in three Jinja sources: the frame, a card, an overflow line."""
+
+    frame: str
+    card: str
+    more: str
+
+
+# The loops around the card and the overflow line, as the compiled template has them.
+_CARD_LOOP = re.compile(
+    r"\{%\s*for paper in section\.papers\s*%\}\s*<!--card:start-->(.*?)<!--card:end-->\s*\{%\s*endfor\s*%\}",
+    re.DOTALL,
+)
+_MORE_LOOP = re.compile(
+    r"\{%\s*for paper in section\.overflow\s*%\}\s*<!--more:start-->(.*?)<!--more:end-->\s*\{%\s*endfor\s*%\}",
+    re.DOTALL,
+)
 
 
 def compile_email_template(path: Path) -> str:
-    """MJML -> HTML -> CSS inlined, with the Jinja tags intact (run once per process)."""
+    """MJML -> HTML -> CSS inlined -> safe for the major clients, Jinja tags intact (once per process)."""
     html = mjml2html(path.read_text(encoding="utf-8"))
     # premailer drops the lowercase doctype MJML emits.
     html = html.replace("<!doctype html>", "<!DOCTYPE html>")
@@ -344,13 +499,267 @@ def compile_email_template(path: Path) -> str:
         disable_validation=True,
     ).transform()
     # lxml percent-encodes spaces in href values, which breaks "{{ link }}" placeholders.
-    return re.sub(r"\{\{(.*?)\}\}", lambda m: "{{" + unquote(m.group(1)) + "}}", inlined)
+    inlined = re.sub(r"\{\{(.*?)\}\}", lambda m: "{{" + unquote(m.group(1)) + "}}", inlined)
+    inlined = re.sub(r"\{%(.*?)%\}", lambda m: "{%" + unquote(m.group(1)) + "%}", inlined)
+    return slim(make_email_safe(inlined))
+
+
+def slim(html: str) -> str:
+    """Drop what inlining left useless, so more papers fit under Gmail's clipping size."""
+    html = re.sub(r'\sclass="[^"]*"', "", html)  # no <style> is left for a class to refer to
+    html = re.sub(r'(<p\b[^>]*style=")display:block;\s*', r"\1", html)  # a <p> is a block anyway
+    return re.sub(r"\n[ \t]+", "\n", html)  # indentation only; a newline stays a space
+
+
+def make_email_safe(html: str) -> str:
+    """Drop what Gmail (mobile web), Outlook (Windows, Windows Mail, apps) or Apple Mail refuse.
+
+    Everything is inlined already, so <style> blocks only held MJML's responsive rules (a single column
+    needs none) and nothing else; role/aria attributes, word-break/word-spacing and the <body> element
+    are listed by caniemail.com as unsupported there (the wrapper div carries the background instead).
+    """
+    html = re.sub(r"<!--\[if[^\]]*\]>\s*<style.*?</style>\s*<!\[endif\]-->", "", html, flags=re.DOTALL)
+    html = re.sub(r"<style\b[^>]*>.*?</style>", "", html, flags=re.DOTALL)
+    html = re.sub(r"<link\b[^>]*>", "", html)
+    html = re.sub(r'\s(?:role|aria-[a-z]+)="[^"]*"', "", html)
+    html = re.sub(r"\s*word-(?:break|spacing):\s*[^;\"]*;?", "", html)
+    html = re.sub(r"<body\b[^>]*>|</body>", "", html)
+    # Without <body>, a browser (the web archive copy) paints its margin with the root's background.
+    return re.sub(r"<html\b", f'<html style="margin:0;padding:0;background-color:{PAGE_BACKGROUND};"', html, count=1)
+
+
+@lru_cache(maxsize=8)
+def _compiled_email(path: Path, modified_ns: int) -> CompiledEmail:
+    # Keyed on the file's mtime so an edited template is picked up without a restart.
+    html = compile_email_template(path)
+    card, more = _CARD_LOOP.search(html), _MORE_LOOP.search(html)
+    if card is None or more is None:
+        raise ValueError(f"{path} lacks the card or overflow loop with its <!--card/more:start/end--> markers")
+    # Per subscriber, the frame pastes each section's cards (rendered once per run) in one piece.
+    frame = html[: card.start()] + "{{ section.cards_html }}" + html[card.end():]
+    frame = _MORE_LOOP.sub("{{ section.more_html }}", frame)
+    return CompiledEmail(frame=frame, card=card.group(1).strip(), more=more.group(1).strip())
+
+
+def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
+    """The compiled digest template (compiled on first use in this process)."""
+    path = templates_dir / "email" / "digest.mjml"
+    return _compiled_email(path, path.stat().st_mtime_ns)
+
+
+_WIDE = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
+_HAS_WIDE = re.compile(f"[{_WIDE}]")
+# A CJK character is a word of its own (and two columns wide); other words are runs without spaces.
+_WRAP_TOKEN = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
+
+
+def _columns(token: str) -> int:
+    return 2 * len(token) if unicodedata.east_asian_width(token[0]) in "WF" else len(token)
+
+
+@lru_cache(maxsize=4096)
+def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
+    """Word wrap for the text part by terminal columns, breaking Chinese between characters."""
+    # Cached: a translated abstract is the same for every subscriber who gets the paper.
+    if not _HAS_WIDE.search(text):
+        return _wrap_words(text.split(), width, indent)
+    lines: list[str] = []
+    line: list[str] = []
+    used = 0
+    space = False
+    for token in _WRAP_TOKEN.findall(text):
+        if token.isspace():
+            space = bool(line)
+            continue
+        gap = 1 if space else 0
+        columns = _columns(token)
+        if line and used + gap + columns > width:
+            lines.append("".join(line))
+            line, used, gap = [], 0, 0
+        line.append(" " * gap + token)
+        used += gap + columns
+        space = False
+    if line:
+        lines.append("".join(line))
+    return "\n".join(indent + line for line in lines)
+
+
+def _wrap_words(words: list[str], width: int, indent: str) -> str:
+    lines: list[str] = []
+    line = ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        lines.append(line)
+    return "\n".join(indent + line for line in lines)
+
+
+def template_environment(templates_dir: Path, autoescape: bool) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(templates_dir / "email"),
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=not autoescape,
+    )
+    env.filters["wrap_paragraph"] = wrap_paragraph
+    return env
+
+
+class DigestRenderer:
+    """Fills the compiled digest per subscriber; paper cards are rendered once per run and reused."""
+
+    def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
+        self.templates_dir = templates_dir
+        self._fragments: dict[tuple, PaperFragments] = {}
+        self._frame_bytes: dict[tuple[str, int], int] = {}
+
+    @cached_property
+    def _html_templates(self) -> tuple[Template, Template, Template]:
+        compiled = compiled_email(self.templates_dir)
+        env = template_environment(self.templates_dir, autoescape=True)
+        return env.from_string(compiled.frame), env.from_string(compiled.card), env.from_string(compiled.more)
+
+    @cached_property
+    def _text_templates(self) -> tuple[Template, Template]:
+        env = template_environment(self.templates_dir, autoescape=False)
+        return env.get_template("digest.txt"), env.get_template("paper.txt")
+
+    def fragments(self, paper: PaperView, language: str) -> PaperFragments:
+        """The paper's card and overflow line in `language`, rendered on first request."""
+        group = language_group(language)
+        key = (group, paper.cache_key)
+        found = self._fragments.get(key)
+        if found is None:
+            if len(self._fragments) >= FRAGMENT_CACHE_LIMIT:
+                self._fragments.clear()
+            _, card_template, more_template = self._html_templates
+            labels = LABELS[group]
+            card = Markup(card_template.render(paper=paper, labels=labels))
+            more = Markup(more_template.render(paper=paper, labels=labels))
+            text = self._text_templates[1].render(paper=paper, labels=labels)
+            found = PaperFragments(card, len(card.encode()), more, len(more.encode()), text)
+            self._fragments[key] = found
+        return found
+
+    def render(self, digest: Digest, size_limit: int = HTML_SIZE_LIMIT) -> RenderedDigest:
+        """Subject, text and HTML for one digest; papers beyond the size limit are listed by title."""
+        context = digest_context(digest)
+        labels = context["labels"]
+        per_section = [[self.fragments(p, digest.language) for p in s.papers + s.overflow] for s in digest.sections]
+        text = self._text_templates[0].render(context, sections=self._sections(digest, per_section, labels, None))
+        html, shown = self._fit_html(digest, context, per_section, size_limit)
+        total = digest.paper_count
+        return RenderedDigest(
+            subject=context["subject"], text=text, html=html, preheader=context["preheader"],
+            papers_in_full=shown, papers_by_title=total - shown,
+        )
+
+    def _fit_html(
+        self, digest: Digest, context: dict, per_section: list[list[PaperFragments]], size_limit: int
+    ) -> tuple[str, int]:
+        frame = self._html_templates[0]
+        labels = context["labels"]
+        total = digest.paper_count
+        cards = sum(f.card_size for fragments in per_section for f in fragments)
+        # The frame around the cards weighs about the same for every digest with as many sections, so a
+        # digest that clearly cannot fit skips the full render.
+        shape = (context["lang_attr"], len(digest.sections))
+        base = self._frame_bytes.get(shape)
+        if base is None or base + cards <= size_limit + FRAME_SIZE_SLACK:
+            html = frame.render(context, sections=self._sections(digest, per_section, labels, None))
+            size = len(html.encode())
+            if size <= size_limit:
+                self._frame_bytes[shape] = size - cards
+                return html, total
+            base = size - cards
+        # Sizes are known per card, so one estimate plus (rarely) a step or two replaces a search. Cards
+        # are taken round-robin over the keywords, so every keyword shows its first papers in full.
+        order = _round_robin(per_section)
+        overhead = OVERFLOW_BLOCK_BYTES * len(digest.sections) + 3 * len(digest.links.archive)
+        budget = size_limit - base - overhead
+        keep = _cards_that_fit([fragment for _, fragment in order], budget)
+        while True:
+            full = [0] * len(per_section)
+            for index, _ in order[:keep]:
+                full[index] += 1
+            more_budget = budget - sum(fragment.card_size for _, fragment in order[:keep])
+            rest = [f for count, fragments in zip(full, per_section, strict=True) for f in fragments[count:]]
+            titles = _titles_that_fit(rest, more_budget)
+            html = frame.render(context, sections=self._sections(digest, per_section, labels, (full, titles)))
+            if len(html.encode()) <= size_limit or (keep == 0 and titles == 0):
+                return html, keep
+            if keep > 0:
+                keep -= 1
+            else:
+                budget -= OVERFLOW_BLOCK_BYTES
+
+    @staticmethod
+    def _sections(
+        digest: Digest, per_section: list[list[PaperFragments]], labels: dict, cut: tuple[list[int], int] | None
+    ) -> list[SectionView]:
+        # cut = (papers shown in full per section, titles listed after them counted across sections in order).
+        full_counts, titles = cut if cut is not None else ([len(f) for f in per_section], 0)
+        views = []
+        for section, fragments, keep in zip(digest.sections, per_section, full_counts, strict=True):
+            full, rest = fragments[:keep], fragments[keep:]
+            listed, titles = rest[:titles], titles - len(rest[:titles])
+            hidden = len(rest) - len(listed)
+            views.append(
+                SectionView(
+                    keyword=section.keyword,
+                    count_text=_count_text(labels, len(fragments)),
+                    empty=not fragments,
+                    papers=full,
+                    overflow=listed,
+                    overflow_hidden=hidden,
+                    overflow_hidden_text=labels["more_hidden"].format(count=hidden) if hidden else "",
+                )
+            )
+        return views
+
+
+def _round_robin(per_section: list[list[PaperFragments]]) -> list[tuple[int, PaperFragments]]:
+    """(section index, fragment): the first paper of each section, then the second of each, and so on."""
+    depth = max((len(fragments) for fragments in per_section), default=0)
+    return [
+        (index, fragments[level])
+        for level in range(depth)
+        for index, fragments in enumerate(per_section)
+        if level < len(fragments)
+    ]
+
+
+def _cards_that_fit(flat: list[PaperFragments], budget: int) -> int:
+    """The largest k with the first k cards and the titles of the rest within `budget` bytes."""
+    remaining_titles = sum(f.more_size for f in flat)
+    used = 0
+    keep = 0
+    for fragment in flat:
+        remaining_titles -= fragment.more_size
+        if used + fragment.card_size + remaining_titles > budget:
+            break
+        used += fragment.card_size
+        keep += 1
+    return keep
+
+
+def _titles_that_fit(rest: list[PaperFragments], budget: int) -> int:
+    used = 0
+    for count, fragment in enumerate(rest):
+        used += fragment.more_size
+        if used > budget:
+            return count
+    return len(rest)
 
 
 def latest_selection_day(session: Session, subscriber_id: int) -> dt.date | None:
     """The newest day with papers selected for the subscriber."""
-    from sqlalchemy import func
-
     return session.scalar(select(func.max(Selection.day)).where(Selection.subscriber_id == subscriber_id))
 
 
