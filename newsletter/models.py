@@ -116,6 +116,8 @@ class Run(SQLModel, table=True):
     finished_at: dt.datetime | None = None
     stats: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
     billed_characters: int = 0
+    # Set in the transaction that stored the day's papers: a rerun never fetches the day again.
+    harvested_at: dt.datetime | None = None
 
 
 class Selection(SQLModel, table=True):
@@ -182,3 +184,12 @@ class AppSecret(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=256)
+
+
+class RateLimitSlot(SQLModel, table=True):
+    """The next free request slot of a rate-limited remote API (used when Redis is not there)."""
+
+    __tablename__ = "rate_limit_slot"
+
+    name: str = Field(primary_key=True, max_length=64)
+    next_free: float = 0.0
