@@ -226,6 +226,10 @@ def _looks_like_html(content: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
 def _html_title(content: bytes) -> str:
     match = re.search(rb"<title[^>]*>(.*?)</title>", content[:4096], flags=re.IGNORECASE | re.DOTALL)
     return clean_text(match.group(1).decode("utf-8", "replace"))[:120] if match else "no title"
@@ -245,7 +249,7 @@ def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
         raise HarvestError(f"announcement feed refused: {exc}") from exc
     channel = root.find("channel")
     if root.tag != "rss" or channel is None:
-        raise HarvestError(f"announcement feed has no RSS channel (root element <{root.tag}>)")
+        raise HarvestError(f"announcement feed has no RSS channel (root element <{_local(root.tag)}>)")
     feed = AnnouncementFeed(day=None)
     for element in channel.findall("item"):
         item, reason = _parse_feed_item(element)
@@ -352,7 +356,7 @@ def check_api_reply(status: int, content_type: str, body: bytes, url: str) -> in
     except etree.XMLSyntaxError as exc:
         raise ApiReplyError(f"arXiv API reply is malformed XML ({len(body)} bytes): {exc}", transient=True) from exc
     if root.tag != f"{_ATOM}feed":
-        raise ApiReplyError(f"arXiv API reply is not an Atom feed (root element <{root.tag}>)", transient=True)
+        raise ApiReplyError(f"arXiv API reply is not an Atom feed (root element <{_local(root.tag)}>)", transient=True)
     entries = root.findall(f"{_ATOM}entry")
     for entry in entries:
         if "/api/errors" in (entry.findtext(f"{_ATOM}id") or ""):
