@@ -112,7 +112,9 @@ def test_a_real_page_missing_entries_it_announces_is_refused() -> None:
         (dt.datetime(2026, 11, 20, 9, 0), dt.date(2026, 11, 23)),  # Friday morning -> Monday
     ],
 )
-def test_a_submission_is_placed_on_the_feed_day_that_announces_it(submitted_est: dt.datetime, feed_day: dt.date) -> None:
+def test_a_submission_is_placed_on_the_feed_day_that_announces_it(
+    submitted_est: dt.datetime, feed_day: dt.date
+) -> None:
     submitted = submitted_est.replace(tzinfo=EST)
 
     assert announcement_day_for(submitted) == feed_day
