@@ -159,7 +159,7 @@ def split_arxiv_id(raw: str) -> tuple[str, int]:
 
 def clean_text(text: str | None) -> str:
     """Collapse runs of white space (arXiv hard-wraps abstracts); LaTeX is kept as written."""
-    return re.sub(r"\s+", " ", text or "").strip()
+    return " ".join((text or "").split())
 
 
 def _next_weekday(day: dt.date) -> dt.date:
