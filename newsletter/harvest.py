@@ -55,6 +55,8 @@ MAX_CATCH_UP_DAYS = 14
 class HarvestError(Exception):
     """A feed or API reply that cannot be used; nothing is written for that day."""
 
+    day: dt.date | None = None  # the announcement day that failed, when known
+
 
 class ApiReplyError(HarvestError):
     """An arXiv API reply we refuse; `transient` ones are worth asking again."""
@@ -258,6 +260,8 @@ def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
             feed.skipped.append(reason)
         else:
             feed.items.append(item)
+    if feed.skipped and not feed.items:
+        raise HarvestError(f"announcement feed has {len(feed.skipped)} items and none usable: {feed.skipped[0]}")
     if feed.items or channel.findtext("pubDate"):
         feed.day = _channel_day(channel, required=bool(feed.items))
     return feed

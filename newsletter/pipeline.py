@@ -120,27 +120,51 @@ def harvest_stage(
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
     target = day or current
-    until = target or feed.day or expected_feed_day(utcnow())
-    if target is not None and current is not None and target > current:
-        raise HarvestError(f"{target} is not announced yet: the announcement feed shows {current}")
-    if target is not None and target != current and not isinstance(transports.details, SubmissionSearch):
-        shown = current.isoformat() if current else "no announcement"
-        raise HarvestError(f"the announcement feed shows {shown}, not {target}; that day cannot be harvested here")
-    also = target if target is not None and target != current else None
-    collected = _collect_missed(session, transports, until, also, categories, feed)
-    if target is not None and target == current and not is_harvested(session, target):
-        collected.append(collect_feed_day(session, feed, transports.details))
+    try:
+        collected = _collect_days(session, transports, feed, target, categories)
+    except HarvestError as exc:
+        exc.day = exc.day or target
+        raise
     for day_harvest in collected:
         store_day(session, day_harvest)
     if target is None:
-        _record_no_announcement(session, feed.day or until)
-    session.commit()
+        _record_no_announcement(session, feed.day or expected_feed_day(utcnow()))
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another run stored the same day between our checks and our commit: its rows stand.
+        session.rollback()
+        if target is not None and is_harvested(session, target):
+            return target, {"skipped": "harvested by a concurrent run"}
+        raise
     caught_up = [d.day.isoformat() for d in collected if d.day != target]
     mine = next((d for d in collected if d.day == target), None)
     stats = mine.stats() if mine else {"skipped": "already harvested"} if target else {"announced": 0}
     if caught_up:
         stats["caught_up"] = caught_up
     return target, stats
+
+
+def _collect_days(
+    session: Session,
+    transports: Transports,
+    feed: AnnouncementFeed,
+    target: dt.date | None,
+    categories: Sequence[str],
+) -> list[DayHarvest]:
+    """Fetch (without writing) the target day and the missed days before it."""
+    current = feed.day if feed.has_announcement else None
+    if target is not None and current is not None and target > current:
+        raise HarvestError(f"{target} is not announced yet: the announcement feed shows {current}")
+    if target is not None and target != current and not isinstance(transports.details, SubmissionSearch):
+        shown = current.isoformat() if current else "no announcement"
+        raise HarvestError(f"the announcement feed shows {shown}, not {target}; that day cannot be harvested here")
+    until = target or feed.day or expected_feed_day(utcnow())
+    also = target if target is not None and target != current else None
+    collected = _collect_missed(session, transports, until, also, categories, feed)
+    if target is not None and target == current and not is_harvested(session, target):
+        collected.append(collect_feed_day(session, feed, transports.details))
+    return collected
 
 
 def _collect_missed(
@@ -219,7 +243,7 @@ def run_daily(
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)
-        record_harvest_failure(session, day or expected_feed_day(utcnow()), str(exc))
+        record_harvest_failure(session, exc.day or day or expected_feed_day(utcnow()), str(exc))
         return RunSummary(day=day, status=RunStatus.FAILED, reason=f"harvest failed: {exc}")
     harvest_seconds = time.perf_counter() - started
     # Missed days caught up by this harvest get their own digests first, oldest first.

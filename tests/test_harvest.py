@@ -194,12 +194,20 @@ def _short_page(server: ArxivServer) -> None:
     server.respond_next(body, 200, "application/atom+xml", n=10, path_prefix="/api")
 
 
+def _feed_of_unreadable_ids() -> bytes:
+    return build_feed(THURSDAY, [make_paper("2611.00001")]).replace(b"oai:arXiv.org", b"x")
+
+
 BAD_REPLIES = {
     "feed malformed XML": (lambda s: s.set_feed(CATEGORIES, b"<rss><channel><item><title>cut"), "not well-formed XML"),
     "feed HTML error page": (
         lambda s: s.respond_next("<!DOCTYPE html><html><title>502 Bad Gateway</title></html>", 200,
                                  path_prefix="/rss"),
         "HTML page ('502 Bad Gateway')",
+    ),
+    "feed without one usable item": (
+        lambda s: s.set_feed(CATEGORIES, _feed_of_unreadable_ids()),
+        "1 items and none usable: unexpected identifier 'x:2611.00001v1'",
     ),
     "feed unreachable": (lambda s: s.fail_next(1, 503, path_prefix="/rss"), "announcement feed answered HTTP 503"),
     "API HTML page": (
@@ -247,6 +255,23 @@ def test_a_bad_reply_fails_the_day_with_its_reason_writes_nothing_and_the_next_r
 
     assert again.status == "completed"
     assert set(announced(session, THURSDAY)) == {"2611.00001", "2611.00002"}
+
+
+def test_when_the_api_fails_on_the_latest_day_the_failure_is_recorded_on_the_feeds_day(
+    session: Session, arxiv
+) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    paper = make_paper("2611.00001")
+    server.add_papers(paper)
+    server.set_feed(CATEGORIES, build_feed(THURSDAY, [paper]))
+    server.fail_next(10, 503, path_prefix="/api")
+
+    summary = run_daily(session, settings, transports)
+
+    assert summary.status == "failed" and "arXiv API answered HTTP 503" in summary.reason
+    run = session.scalars(select(Run)).one()
+    assert (run.day, run.status) == (THURSDAY, "failed")
+    assert len(server.api_requests) == settings.arxiv_max_retries + 1
 
 
 def test_a_weekend_feed_is_recorded_as_no_announcement_and_status_says_so(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
