@@ -432,15 +432,32 @@ class SubmissionSearch(Protocol):
 
 
 class HttpFeedSource:
-    """The live announcement feed over HTTP."""
+    """The live announcement feed over HTTP, asked again with backoff on network errors and 5xx."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2, backoff_seconds: float = 2.0) -> None:
         self.url = url
         self.timeout = timeout
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+
+    def _get(self) -> requests.Response:
+        response = requests.get(self.url, timeout=self.timeout)
+        if response.status_code in _RETRY_STATUSES:
+            raise ApiReplyError(f"announcement feed answered HTTP {response.status_code} at {self.url}", True)
+        return response
 
     def fetch_feed(self) -> bytes:
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_seconds, max=max(60.0, self.backoff_seconds)),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
         try:
-            response = requests.get(self.url, timeout=self.timeout)
+            response = retrying(self._get)
+        except ApiReplyError:
+            raise
         except requests.RequestException as exc:
             raise HarvestError(f"announcement feed unreachable at {self.url}: {exc}") from exc
         if response.status_code != 200:

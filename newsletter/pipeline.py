@@ -64,7 +64,12 @@ def production_transports(settings: Settings) -> Transports:
         DeepLTranslator(settings.deepl_auth_key, settings.deepl_server_url) if settings.deepl_auth_key else None
     )
     return Transports(
-        feed=HttpFeedSource(settings.feed_url, timeout=settings.arxiv_timeout_seconds),
+        feed=HttpFeedSource(
+            settings.feed_url,
+            settings.arxiv_timeout_seconds,
+            settings.arxiv_max_retries,
+            settings.arxiv_retry_base_seconds,
+        ),
         details=shared_arxiv_source(
             settings.arxiv_api_url,
             settings.arxiv_delay_seconds,

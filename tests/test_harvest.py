@@ -175,6 +175,35 @@ def test_429_twice_then_success_is_retried_and_nothing_is_lost(session: Session,
     assert session.get(Paper, "2611.00002").details_source == "api"
 
 
+def test_a_feed_answering_503_once_is_asked_again(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    paper = make_paper("2611.00001")
+    server.add_papers(paper)
+    server.set_feed(CATEGORIES, build_feed(THURSDAY, [paper]))
+    server.fail_next(1, 503, path_prefix="/rss")
+
+    day, _ = harvest_stage(session, transports, None, CATEGORIES)
+
+    assert day == THURSDAY and len(server.feed_requests) == 2
+    assert set(announced(session, THURSDAY)) == {"2611.00001"}
+
+
+def test_status_names_weekdays_with_no_run_at_all(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    monday, thursday = make_paper("2611.00001"), make_paper("2611.00002")
+    server.add_papers(monday, thursday)
+    server.set_feed(CATEGORIES, build_feed(dt.date(2026, 11, 16), [monday]))
+    harvest_stage(session, transports, None)
+    server.set_feed(CATEGORIES, build_feed(THURSDAY, [thursday]))
+    harvest_stage(session, transports, None)  # no categories: nothing caught up
+
+    lines = list(status_lines(session, settings))
+
+    assert "2026-11-17: no run recorded - no digest (the service did not run; the next run catches up)" in lines
+    assert "2026-11-18: no run recorded - no digest (the service did not run; the next run catches up)" in lines
+    assert sum("no run recorded" in line for line in lines) == 2
+
+
 def test_a_timed_out_api_request_is_retried(session: Session, engine, tmp_path: Path, arxiv_server) -> None:  # type: ignore[no-untyped-def]
     settings = arxiv_settings(engine, tmp_path, arxiv_server, arxiv_timeout_seconds=0.3)
     paper = make_paper("2611.00001")
@@ -209,7 +238,7 @@ BAD_REPLIES = {
         lambda s: s.set_feed(CATEGORIES, _feed_of_unreadable_ids()),
         "1 items and none usable: unexpected identifier 'x:2611.00001v1'",
     ),
-    "feed unreachable": (lambda s: s.fail_next(1, 503, path_prefix="/rss"), "announcement feed answered HTTP 503"),
+    "feed unreachable": (lambda s: s.fail_next(10, 503, path_prefix="/rss"), "announcement feed answered HTTP 503"),
     "API HTML page": (
         lambda s: s.respond_next("<html><title>Maintenance</title></html>", 200, n=10, path_prefix="/api"),
         "HTML page ('Maintenance') instead of Atom",
