@@ -368,3 +368,27 @@ def test_missed_days_are_caught_up_from_the_api_submission_windows_without_dupli
     assert searches == ["(cat:cs.AI OR cat:cs.LG) AND submittedDate:[202611131900 TO 202611171859]"]
     harvested = session.scalars(select(Run.day).where(Run.harvested_at.is_not(None)).order_by(Run.day)).all()
     assert harvested == [monday, tuesday, wednesday, THURSDAY]
+
+
+def test_a_long_missed_day_is_paged_and_a_flaky_page_is_asked_again_from_where_it_stopped(
+    session: Session, arxiv
+) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    monday, tuesday = dt.date(2026, 11, 16), dt.date(2026, 11, 17)
+    first = make_paper("2611.00001", published=_utc(2026, 11, 13, 15))
+    server.add_papers(first)
+    server.set_feed(CATEGORIES, build_feed(monday, [first]))
+    harvest_stage(session, transports, None, CATEGORIES)
+    missed = [
+        make_paper(f"2611.{i:05d}", published=_utc(2026, 11, 14, 0) + dt.timedelta(minutes=i)) for i in range(100, 250)
+    ]
+    current = make_paper("2611.00900", published=_utc(2026, 11, 17, 9))
+    server.add_papers(*missed, current)
+    server.set_feed(CATEGORIES, build_feed(dt.date(2026, 11, 18), [current]))
+    server.empty_next_page(1, after=1)  # the search's second page comes back empty once
+
+    harvest_stage(session, transports, None, CATEGORIES)
+
+    assert len(announced(session, tuesday)) == 150
+    starts = [r.query["start"] for r in server.api_requests if r.query.get("search_query")]
+    assert starts == ["0", "100", "100"]
