@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity.wait import wait_base
 
 from newsletter.arxiv_rate_limit import RequestPacer
 from newsletter.models import Announcement, AnnounceType, Paper, Run, RunStatus, utcnow
@@ -46,6 +48,7 @@ _API_BATCH = 100
 # The API serves at most this many results for one query.
 _SEARCH_LIMIT = 30_000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+_MAX_RETRY_AFTER = 300.0
 EASTERN = ZoneInfo("America/New_York")
 # arXiv's daily submission deadline, US Eastern.
 _CUTOFF = dt.time(14, 0)
@@ -61,9 +64,10 @@ class HarvestError(Exception):
 class ApiReplyError(HarvestError):
     """An arXiv API reply we refuse; `transient` ones are worth asking again."""
 
-    def __init__(self, message: str, transient: bool) -> None:
+    def __init__(self, message: str, transient: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -395,8 +399,33 @@ class ArxivApiSession(requests.Session):
             self.pacer.wait_turn()
         kwargs.setdefault("timeout", self.timeout)
         response = super().request(method, url, *args, **kwargs)
-        check_api_reply(response.status_code, response.headers.get("Content-Type", ""), response.content, url)
+        try:
+            check_api_reply(response.status_code, response.headers.get("Content-Type", ""), response.content, url)
+        except ApiReplyError as exc:
+            exc.retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            raise
         return response
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (only the delta-seconds form; capped so a bad header cannot stall a run)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), _MAX_RETRY_AFTER)
+
+
+class BackoffOrRetryAfter(wait_base):
+    """Exponential backoff, but never sooner than the server's Retry-After."""
+
+    def __init__(self, base_seconds: float) -> None:
+        self.exponential = wait_exponential(multiplier=base_seconds, max=max(60.0, base_seconds))
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self.exponential(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, ApiReplyError) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        return wait
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -480,6 +509,7 @@ class ArxivApiSource:
         retries: int = 4,
         pacer: RequestPacer | None = None,
         backoff_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         # The client's own delay and retries hold only inside one object: the pacer and tenacity replace them.
         self.client = arxiv.Client(page_size=_API_BATCH, delay_seconds=0 if pacer else delay_seconds, num_retries=0)
@@ -487,12 +517,14 @@ class ArxivApiSource:
         self.client._session = ArxivApiSession(pacer, timeout)
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.sleep = sleep
 
     def _retrying(self) -> Retrying:
         return Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=self.backoff_seconds, max=max(60.0, self.backoff_seconds)),
+            wait=BackoffOrRetryAfter(self.backoff_seconds),
+            sleep=self.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )

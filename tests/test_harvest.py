@@ -392,3 +392,18 @@ def test_a_long_missed_day_is_paged_and_a_flaky_page_is_asked_again_from_where_i
     assert len(announced(session, tuesday)) == 150
     starts = [r.query["start"] for r in server.api_requests if r.query.get("search_query")]
     assert starts == ["0", "100", "100"]
+
+
+def test_the_api_client_backs_off_exponentially_and_honours_retry_after(arxiv_server: ArxivServer) -> None:
+    from newsletter.harvest import ArxivApiSource
+
+    arxiv_server.add_papers(make_paper("2611.00001"))
+    waits: list[float] = []
+    source = ArxivApiSource(arxiv_server.api_url, 0, timeout=5, retries=4, backoff_seconds=1.0, sleep=waits.append)
+    arxiv_server.fail_next(3, 503, path_prefix="/api")
+    arxiv_server.fail_next(1, 429, path_prefix="/api", headers={"Retry-After": "30"})
+
+    records = source.fetch_details(["2611.00001"])
+
+    assert [r.arxiv_id for r in records] == ["2611.00001"]
+    assert waits == [1.0, 2.0, 4.0, 30.0]  # doubling, then the server's own 30 s beat our 8 s
