@@ -428,6 +428,14 @@ class BackoffOrRetryAfter(wait_base):
         return wait
 
 
+def network_reason(exc: requests.RequestException) -> str:
+    """A one-line reason for a network failure (requests' own messages nest several layers deep)."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer in time ({type(exc).__name__})"
+    match = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))
+    return match.group(0).strip() if match else type(exc).__name__
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiReplyError):
         return exc.transient
@@ -488,7 +496,7 @@ class HttpFeedSource:
         except ApiReplyError:
             raise
         except requests.RequestException as exc:
-            raise HarvestError(f"announcement feed unreachable at {self.url}: {exc}") from exc
+            raise HarvestError(f"announcement feed unreachable at {self.url}: {network_reason(exc)}") from exc
         if response.status_code != 200:
             raise HarvestError(f"announcement feed answered HTTP {response.status_code} at {self.url}")
         return response.content
@@ -539,8 +547,10 @@ class ArxivApiSource:
                         records.append(record_from_result(result))
         except ApiReplyError as exc:
             raise HarvestError(f"arXiv API failed for {what}: {exc}") from exc
-        except (arxiv.ArxivError, requests.RequestException) as exc:
-            raise HarvestError(f"arXiv API failed for {what}: {type(exc).__name__}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise HarvestError(f"arXiv API unreachable for {what}: {network_reason(exc)}") from exc
+        except arxiv.ArxivError as exc:
+            raise HarvestError(f"arXiv API failed for {what}: {exc}") from exc
         except ValueError as exc:  # an entry whose ID we cannot read
             raise HarvestError(f"arXiv API returned an unusable entry for {what}: {exc}") from exc
         return records

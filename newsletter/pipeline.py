@@ -209,7 +209,11 @@ def record_harvest_failure(session: Session, day: dt.date, reason: str) -> None:
     """Note on the day's run why its harvest failed; the next run tries again."""
     run = session.scalars(select(Run).where(Run.day == day)).first()
     if run is not None and run.harvested_at is not None:
-        return  # the day itself is stored; the failure was a missed day's, retried next time
+        # The day itself is stored (the failure was a later or missed day's): keep its outcome, note the failure.
+        run.stats = {**(run.stats or {}), "last_harvest_failure": {"at": utcnow().isoformat(), "reason": reason}}
+        session.add(run)
+        session.commit()
+        return
     run = run or Run(day=day)
     failures = int((run.stats or {}).get("harvest_failures", 0)) + 1
     run.status, run.reason, run.finished_at = RunStatus.FAILED, f"harvest failed: {reason}", utcnow()
@@ -248,8 +252,9 @@ def run_daily(
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)
-        record_harvest_failure(session, exc.day or day or expected_feed_day(utcnow()), str(exc))
-        return RunSummary(day=day, status=RunStatus.FAILED, reason=f"harvest failed: {exc}")
+        failed_day = exc.day or day or expected_feed_day(utcnow())
+        record_harvest_failure(session, failed_day, str(exc))
+        return RunSummary(day=failed_day, status=RunStatus.FAILED, reason=f"harvest failed: {exc}")
     harvest_seconds = time.perf_counter() - started
     # Missed days caught up by this harvest get their own digests first, oldest first.
     for missed in harvest_stats.get("caught_up", []):

@@ -66,6 +66,9 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
             + f", sent {sent}, failed {deliveries.get('failed', 0)}"
             + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
         )
+        failure = stats.get("last_harvest_failure")
+        if failure:
+            line += f" | last harvest attempt failed at {failure['at'][:16]}: {failure['reason']}"
         lines.append((run.day, line))
     for day in _missing_days([run.day for run in latest]):
         lines.append((day, f"{day}: no run recorded - no digest (the service did not run; the next run catches up)"))

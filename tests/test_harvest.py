@@ -407,3 +407,17 @@ def test_the_api_client_backs_off_exponentially_and_honours_retry_after(arxiv_se
 
     assert [r.arxiv_id for r in records] == ["2611.00001"]
     assert waits == [1.0, 2.0, 4.0, 30.0]  # doubling, then the server's own 30 s beat our 8 s
+
+
+def test_an_unreachable_feed_fails_the_expected_day_with_a_one_line_reason(
+    session: Session, engine, tmp_path: Path, arxiv_server: ArxivServer
+) -> None:  # type: ignore[no-untyped-def]
+    settings = arxiv_settings(engine, tmp_path, arxiv_server, arxiv_feed_url="http://127.0.0.1:1/rss/")
+
+    summary = run_daily(session, settings, production_transports(settings), THURSDAY)
+
+    assert summary.reason == (
+        "harvest failed: announcement feed unreachable at http://127.0.0.1:1/rss/cs.AI+cs.LG: "
+        "[Errno 111] Connection refused"
+    )
+    assert session.scalars(select(Run.status).where(Run.day == THURSDAY)).one() == "failed"
