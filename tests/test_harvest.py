@@ -421,3 +421,32 @@ def test_an_unreachable_feed_fails_the_expected_day_with_a_one_line_reason(
         "[Errno 111] Connection refused"
     )
     assert session.scalars(select(Run.status).where(Run.day == THURSDAY)).one() == "failed"
+
+
+def test_after_a_missed_day_the_next_run_mails_its_papers_too(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
+    from newsletter.subscribers import subscribe
+
+    server, settings, transports = arxiv
+    subscribe(session, "ada@example.org", ["reinforcement learning"], confirmed=True)
+    session.commit()
+    monday = make_paper("2611.00001", title="Reinforcement learning on Monday", published=_utc(2026, 11, 13, 15))
+    server.add_papers(monday)
+    server.set_feed(CATEGORIES, build_feed(dt.date(2026, 11, 16), [monday]))
+    run_daily(session, settings, transports)
+    # Tuesday's run never happened; Wednesday's run finds Tuesday's paper through the API.
+    tuesday = make_paper("2611.00002", title="Reinforcement learning on Tuesday", published=_utc(2026, 11, 16, 15))
+    wednesday = make_paper("2611.00003", title="Reinforcement learning on Wednesday", published=_utc(2026, 11, 17, 9))
+    server.add_papers(tuesday, wednesday)
+    server.set_feed(CATEGORIES, build_feed(dt.date(2026, 11, 18), [wednesday]))
+
+    summary = run_daily(session, settings, transports)
+
+    assert summary.day == dt.date(2026, 11, 18)
+    outbox = Path(settings.outbox_dir)
+    mailed = {folder.name: [p.name for p in folder.glob("*.eml")] for folder in sorted(outbox.iterdir())}
+    assert mailed == {
+        "2026-11-16": ["ada@example.org.eml"],
+        "2026-11-17": ["ada@example.org.eml"],
+        "2026-11-18": ["ada@example.org.eml"],
+    }
+    assert "2611.00002" in (outbox / "2026-11-17" / "ada@example.org.eml").read_text()
