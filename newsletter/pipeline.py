@@ -134,14 +134,16 @@ def harvest_stage(
         store_day(session, day_harvest)
     if target is None:
         _record_no_announcement(session, feed.day or expected_feed_day(utcnow()))
+    else:
+        _forget_failure_note(session, target)
     try:
         session.commit()
-    except IntegrityError:
+    except IntegrityError as exc:
         # Another run stored the same day between our checks and our commit: its rows stand.
         session.rollback()
         if target is not None and is_harvested(session, target):
             return target, {"skipped": "harvested by a concurrent run"}
-        raise
+        raise HarvestError("another run was storing the same days at the same time; try again") from exc
     caught_up = [d.day.isoformat() for d in collected if d.day != target]
     mine = next((d for d in collected if d.day == target), None)
     stats = mine.stats() if mine else {"skipped": "already harvested"} if target else {"announced": 0}
@@ -194,6 +196,13 @@ def _collect_missed(
     days = sorted({d for d in days if not is_harvested(session, d)})
     exclude = [item.record.arxiv_id for item in feed.items]
     return collect_missed_days(session, transports.details, categories, days, exclude)
+
+
+def _forget_failure_note(session: Session, day: dt.date) -> None:
+    run = session.scalars(select(Run).where(Run.day == day)).first()
+    if run is not None and "last_harvest_failure" in (run.stats or {}):
+        run.stats = {k: v for k, v in run.stats.items() if k != "last_harvest_failure"}
+        session.add(run)
 
 
 def _record_no_announcement(session: Session, day: dt.date) -> None:
