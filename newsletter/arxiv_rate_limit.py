@@ -15,7 +15,7 @@ from typing import Protocol
 import redis
 from sqlalchemy import case, insert, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.models import RateLimitSlot
 
@@ -35,6 +35,10 @@ return string.format('%.6f', slot - now)
 """
 
 
+class PacingUnavailable(RuntimeError):
+    """The shared slot store (Redis or the database) did not answer; no request may be sent unpaced."""
+
+
 class RequestSlots(Protocol):
     def reserve(self) -> float:
         """Reserve the next request slot; returns the seconds to wait before using it."""
@@ -50,7 +54,10 @@ class RedisRequestSlots:
         self._reserve = client.register_script(_RESERVE_SCRIPT)
 
     def reserve(self) -> float:
-        return float(self._reserve(keys=[self.key], args=[repr(self.delay_seconds)]))
+        try:
+            return float(self._reserve(keys=[self.key], args=[repr(self.delay_seconds)]))
+        except redis.RedisError as exc:
+            raise PacingUnavailable(f"cannot reserve an arXiv request slot in Redis: {exc}") from exc
 
 
 class DatabaseRequestSlots:
@@ -71,6 +78,13 @@ class DatabaseRequestSlots:
             .values(next_free=later + self.delay_seconds)
             .returning(table.c.next_free)
         )
+        try:
+            return self._reserve(statement, now)
+        except SQLAlchemyError as exc:
+            raise PacingUnavailable(f"cannot reserve an arXiv request slot in the database: {exc}") from exc
+
+    def _reserve(self, statement, now: float) -> float:  # type: ignore[no-untyped-def]
+        table = RateLimitSlot.__table__
         # Its own short transaction: the harvest's transaction must not be committed by the limiter.
         with self.engine.begin() as conn:
             next_free = conn.execute(statement).scalar()

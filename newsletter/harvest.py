@@ -29,7 +29,7 @@ from sqlmodel import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from newsletter.arxiv_rate_limit import RequestPacer
+from newsletter.arxiv_rate_limit import PacingUnavailable, RequestPacer
 from newsletter.models import Announcement, AnnounceType, Paper, Run, RunStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -545,7 +545,7 @@ class ArxivApiSource:
                     # On a retry, continue after the results already collected.
                     for result in self.client.results(search, offset=len(records)):
                         records.append(record_from_result(result))
-        except ApiReplyError as exc:
+        except (ApiReplyError, PacingUnavailable) as exc:
             raise HarvestError(f"arXiv API failed for {what}: {exc}") from exc
         except requests.RequestException as exc:
             raise HarvestError(f"arXiv API unreachable for {what}: {network_reason(exc)}") from exc

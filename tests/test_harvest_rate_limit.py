@@ -93,3 +93,14 @@ def test_processes_sharing_the_limit_never_send_two_api_requests_within_the_dela
     assert len(arrivals) == 6
     # A lower bound only: a slow machine spreads requests further, never closer.
     assert min(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) >= 0.3
+
+
+def test_when_the_slot_store_goes_away_no_request_is_sent_and_the_harvest_says_why(arxiv_server: ArxivServer) -> None:
+    from newsletter.harvest import HarvestError
+
+    gone = RedisRequestSlots(redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1), DELAY)
+    source = ArxivApiSource(arxiv_server.api_url, DELAY, timeout=5, retries=0, pacer=RequestPacer(gone))
+
+    with pytest.raises(HarvestError, match="cannot reserve an arXiv request slot in Redis"):
+        source.fetch_details(["2611.00001"])
+    assert arxiv_server.api_requests == []
