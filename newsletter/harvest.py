@@ -831,6 +831,9 @@ def harvest_range(
         return
     days = [first] if first.weekday() < 5 else []
     days += feed_days_between(first, last + dt.timedelta(days=1))
+    if not days:
+        yield f"no feed day between {first} and {last}; nothing to harvest"
+        return
     collected: list[DayHarvest] = []
     past = [d for d in days if d != current and not is_harvested(session, d) and (current is None or d < current)]
     for day in days:
@@ -839,8 +842,8 @@ def harvest_range(
         elif current is not None and day > current:
             yield f"{day}: not announced yet (the feed shows {current})"
     if past:
-        if not isinstance(details_source, SubmissionSearch):
-            raise HarvestError("this details source cannot search past submission windows")
+        if not isinstance(details_source, SubmissionSearch) or not categories:
+            raise HarvestError("past days need the arXiv API and NEWSLETTER_CATEGORIES to search submission windows")
         exclude = [i.record.arxiv_id for i in feed.items] if current in days else []
         collected += collect_missed_days(session, details_source, categories, past, exclude)
     if current in days and not is_harvested(session, current):
