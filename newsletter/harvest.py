@@ -428,6 +428,15 @@ class BackoffOrRetryAfter(wait_base):
         return wait
 
 
+def _record_or_none(result: arxiv.Result) -> PaperRecord | None:
+    try:
+        return record_from_result(result)
+    except ValueError:
+        # The ID is then "not returned": the feed's own fields stand in for it.
+        log.warning("arXiv API entry skipped: unexpected identifier %r", result.entry_id)
+        return None
+
+
 def network_reason(exc: requests.RequestException) -> str:
     """A one-line reason for a network failure (requests' own messages nest several layers deep)."""
     if isinstance(exc, requests.Timeout):
@@ -539,20 +548,22 @@ class ArxivApiSource:
 
     def _collect(self, search: arxiv.Search, what: str) -> list[PaperRecord]:
         records: list[PaperRecord] = []
+        seen = 0
         try:
             for attempt in self._retrying():
                 with attempt:
-                    # On a retry, continue after the results already collected.
-                    for result in self.client.results(search, offset=len(records)):
-                        records.append(record_from_result(result))
+                    # On a retry, continue after the results already seen.
+                    for result in self.client.results(search, offset=seen):
+                        seen += 1
+                        record = _record_or_none(result)
+                        if record is not None:
+                            records.append(record)
         except (ApiReplyError, PacingUnavailable) as exc:
             raise HarvestError(f"arXiv API failed for {what}: {exc}") from exc
         except requests.RequestException as exc:
             raise HarvestError(f"arXiv API unreachable for {what}: {network_reason(exc)}") from exc
         except arxiv.ArxivError as exc:
             raise HarvestError(f"arXiv API failed for {what}: {exc}") from exc
-        except ValueError as exc:  # an entry whose ID we cannot read
-            raise HarvestError(f"arXiv API returned an unusable entry for {what}: {exc}") from exc
         return records
 
     def fetch_details(self, arxiv_ids: Sequence[str]) -> list[PaperRecord]:

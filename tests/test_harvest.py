@@ -450,3 +450,24 @@ def test_after_a_missed_day_the_next_run_mails_its_papers_too(session: Session, 
         "2026-11-18": ["ada@example.org.eml"],
     }
     assert "2611.00002" in (outbox / "2026-11-17" / "ada@example.org.eml").read_text()
+
+
+def test_an_api_entry_with_an_unexpected_id_is_skipped_with_a_reason_and_the_feed_stands_in(
+    session: Session, arxiv, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    papers = [make_paper("2611.00001"), make_paper("2611.00002", title="Feed title")]
+    server.add_papers(*papers)
+    server.set_feed(CATEGORIES, build_feed(THURSDAY, papers))
+    body = render_feed([(p, None) for p in papers], id_list="2611.00001,2611.00002", max_results=2)
+    server.respond_next(body.replace(b"abs/2611.00002v1</id>", b"abs/weird~id</id>"), 200, "application/atom+xml",
+                        path_prefix="/api")
+
+    with caplog.at_level(logging.WARNING, logger="newsletter.harvest"):
+        harvest_stage(session, transports, None, CATEGORIES)
+
+    assert "unexpected identifier 'http://arxiv.org/abs/weird~id'" in caplog.text
+    assert session.get(Paper, "2611.00001").details_source == "api"
+    paper = session.get(Paper, "2611.00002")
+    assert (paper.details_source, paper.title) == ("feed", "Feed title")
+    assert set(announced(session, THURSDAY)) == {"2611.00001", "2611.00002"}
