@@ -93,7 +93,12 @@ def harvest(
     transports = production_transports(settings)
     with session_scope(_engine()) as session:
         for line in harvest_range(
-            session, transports.feed, transports.details, _parse_day(from_, "--from"), _parse_day(to, "--to")
+            session,
+            transports.feed,
+            transports.details,
+            _parse_day(from_, "--from"),
+            _parse_day(to, "--to"),
+            categories=settings.categories,
         ):
             typer.echo(line)
 

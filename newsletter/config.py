@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     arxiv_delay_seconds: float = Field(3.0, ge=0)
     arxiv_timeout_seconds: float = Field(30.0, gt=0)
     arxiv_max_retries: int = Field(4, ge=0, le=10)
+    arxiv_retry_base_seconds: float = Field(2.0, ge=0)
     categories: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["cs.AI", "cs.LG", "cs.CL", "cs.CV", "cs.RO", "stat.ML"]
     )

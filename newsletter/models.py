@@ -116,6 +116,8 @@ class Run(SQLModel, table=True):
     finished_at: dt.datetime | None = None
     stats: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
     billed_characters: int = 0
+    # Set in the transaction that stored the day's papers: a rerun never fetches the day again.
+    harvested_at: dt.datetime | None = None
 
 
 class Selection(SQLModel, table=True):
@@ -205,3 +207,12 @@ class DeepLGlossary(SQLModel, table=True):
     entries_sha256: str = Field(max_length=64)
     entry_count: int = 0
     created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class RateLimitSlot(SQLModel, table=True):
+    """The next free request slot of a rate-limited remote API (used when Redis is not there)."""
+
+    __tablename__ = "rate_limit_slot"
+
+    name: str = Field(primary_key=True, max_length=64)
+    next_free: float = 0.0

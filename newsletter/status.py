@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 from sqlalchemy import func, select
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.models import Delivery, Run, Subscriber
+from newsletter.models import Delivery, Run, RunStatus, Subscriber
 from newsletter.translate import deepl_status_lines
+
+
+def no_digest_reason(run: Run, sent: int) -> str | None:
+    """Why the run's day has no digest (None when digests went out or are still on their way)."""
+    if run.status == RunStatus.NO_ANNOUNCEMENT:
+        return "no announcement: " + (run.reason or "arXiv made no announcement")
+    if run.status == RunStatus.FAILED:
+        return "failure: " + (run.reason or "unknown reason") + " (retried on the next run)"
+    if run.status == RunStatus.COMPLETED and sent == 0:
+        match = (run.stats or {}).get("match", {})
+        if not match.get("selections"):
+            return "no matches: no paper matched any subscriber's keywords"
+        return "no digest sent: " + (run.reason or "every delivery failed or was sent before")
+    return None
+
+
+def _missing_days(days: list[dt.date]) -> list[dt.date]:
+    """Weekdays between recorded runs that have no run at all (the service was down)."""
+    recorded = set(days)
+    missing = []
+    if days:
+        day = min(days)
+        while day < max(days):
+            day += dt.timedelta(days=1)
+            if day.weekday() < 5 and day not in recorded:
+                missing.append(day)
+    return missing
 
 
 def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterator[str]:
@@ -19,6 +47,7 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
     latest = session.scalars(select(Run).order_by(Run.day.desc()).limit(runs)).all()
     if not latest:
         yield "runs: none yet"
+    lines: list[tuple[dt.date, str]] = []
     for run in latest:
         deliveries = dict(
             session.execute(
@@ -28,12 +57,21 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
         stats = run.stats or {}
         harvest = stats.get("harvest", {})
         match = stats.get("match", {})
+        sent = deliveries.get("sent", 0)
+        reason = no_digest_reason(run, sent)
         line = (
             f"{run.day}: {run.status}"
-            + (f" - {run.reason}" if run.reason else "")
+            + (f" - no digest ({reason})" if reason else (f" - {run.reason}" if run.reason else ""))
             + f" | announced {harvest.get('announced', '-')}, selections {match.get('selections', '-')}"
-            + f", sent {deliveries.get('sent', 0)}, failed {deliveries.get('failed', 0)}"
+            + f", sent {sent}, failed {deliveries.get('failed', 0)}"
             + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
         )
+        failure = stats.get("last_harvest_failure")
+        if failure:
+            line += f" | last harvest attempt failed at {failure['at'][:16]}: {failure['reason']}"
+        lines.append((run.day, line))
+    for day in _missing_days([run.day for run in latest]):
+        lines.append((day, f"{day}: no run recorded - no digest (the service did not run; the next run catches up)"))
+    for _, line in sorted(lines, reverse=True):
         yield line
     yield from deepl_status_lines(session, settings)

@@ -53,6 +53,11 @@ def upgrade() -> None:
     sa.Column('harvested_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('arxiv_id')
     )
+    op.create_table('rate_limit_slot',
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('next_free', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
     op.create_table('run',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
@@ -62,6 +67,7 @@ def upgrade() -> None:
     sa.Column('finished_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('stats', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('billed_characters', sa.Integer(), nullable=False),
+    sa.Column('harvested_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('run', schema=None) as batch_op:
@@ -174,6 +180,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_run_day'))
 
     op.drop_table('run')
+    op.drop_table('rate_limit_slot')
     op.drop_table('paper')
     op.drop_table('deepl_usage')
     op.drop_table('deepl_glossary')

@@ -1,0 +1,129 @@
+"""One arXiv API request every N seconds across every process: slots reserved in Redis or in a database row.
+
+Each caller atomically reserves the next free slot (max(now, next_free)) and moves `next_free` on by
+the delay, then sleeps until its slot. This keeps callers in order without polling and works for
+sub-second delays, which a windowed limiter with whole-second granularity (the `limits` package)
+cannot express; the same algorithm runs on both stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+import redis
+from sqlalchemy import case, insert, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from newsletter.models import RateLimitSlot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY = "newsletter:arxiv-api"
+
+# Server time, so workers on machines with skewed clocks still agree on the schedule.
+_RESERVE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local next_free = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot = math.max(now, next_free)
+local delay = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.6f', slot + delay), 'PX', math.ceil((slot + delay - now) * 1000) + 60000)
+return string.format('%.6f', slot - now)
+"""
+
+
+class PacingUnavailable(RuntimeError):
+    """The shared slot store (Redis or the database) did not answer; no request may be sent unpaced."""
+
+
+class RequestSlots(Protocol):
+    def reserve(self) -> float:
+        """Reserve the next request slot; returns the seconds to wait before using it."""
+        ...
+
+
+class RedisRequestSlots:
+    """Slots kept in one Redis key (shared by every worker that uses the same Redis)."""
+
+    def __init__(self, client: redis.Redis, delay_seconds: float, key: str = DEFAULT_KEY) -> None:
+        self.delay_seconds = delay_seconds
+        self.key = key
+        self._reserve = client.register_script(_RESERVE_SCRIPT)
+
+    def reserve(self) -> float:
+        try:
+            return float(self._reserve(keys=[self.key], args=[repr(self.delay_seconds)]))
+        except redis.RedisError as exc:
+            raise PacingUnavailable(f"cannot reserve an arXiv request slot in Redis: {exc}") from exc
+
+
+class DatabaseRequestSlots:
+    """Slots kept in a `rate_limit_slot` row; one atomic UPDATE is the lock (SQLite and PostgreSQL)."""
+
+    def __init__(self, engine: Engine, delay_seconds: float, key: str = DEFAULT_KEY) -> None:
+        self.engine = engine
+        self.delay_seconds = delay_seconds
+        self.key = key
+
+    def reserve(self) -> float:
+        now = time.time()
+        table = RateLimitSlot.__table__
+        later = case((table.c.next_free > now, table.c.next_free), else_=now)
+        statement = (
+            update(table)
+            .where(table.c.name == self.key)
+            .values(next_free=later + self.delay_seconds)
+            .returning(table.c.next_free)
+        )
+        try:
+            return self._reserve(statement, now)
+        except SQLAlchemyError as exc:
+            raise PacingUnavailable(f"cannot reserve an arXiv request slot in the database: {exc}") from exc
+
+    def _reserve(self, statement, now: float) -> float:  # type: ignore[no-untyped-def]
+        table = RateLimitSlot.__table__
+        # Its own short transaction: the harvest's transaction must not be committed by the limiter.
+        with self.engine.begin() as conn:
+            next_free = conn.execute(statement).scalar()
+            if next_free is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(table).values(name=self.key, next_free=now + self.delay_seconds))
+                    next_free = now + self.delay_seconds
+                except IntegrityError:  # another process created the row first
+                    next_free = conn.execute(statement).scalar()
+        return max(0.0, float(next_free) - self.delay_seconds - now)
+
+
+class RequestPacer:
+    """Blocks each caller until its reserved slot; the one gate every arXiv API request passes."""
+
+    def __init__(self, slots: RequestSlots, sleep=time.sleep) -> None:  # type: ignore[no-untyped-def]
+        self.slots = slots
+        self._sleep = sleep
+
+    def wait_turn(self) -> float:
+        """Wait for the next slot; returns how long we waited."""
+        wait = self.slots.reserve()
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+def shared_request_slots(
+    redis_url: str | None, engine: Engine | None, delay_seconds: float, key: str = DEFAULT_KEY
+) -> RequestSlots:
+    """Redis slots when Redis answers, else the database row (the embedded SQLite default)."""
+    if redis_url:
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
+        try:
+            client.ping()
+            return RedisRequestSlots(client, delay_seconds, key)
+        except (redis.RedisError, OSError) as exc:
+            log.info("Redis at %s not reachable (%s); pacing arXiv requests through the database", redis_url, exc)
+    if engine is None:
+        raise ValueError("arXiv request pacing needs Redis or a database")
+    return DatabaseRequestSlots(engine, delay_seconds, key)
