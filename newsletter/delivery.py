@@ -597,6 +597,28 @@ def _record_failure(
     session.commit()
 
 
+def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, str | None]]:
+    """Bounced addresses (up to `limit`) with the server's last refusal."""
+    rows = session.execute(
+        select(Subscriber.id, Subscriber.email)
+        .where(Subscriber.status == SubscriberStatus.BOUNCED)
+        .order_by(Subscriber.email)
+        .limit(limit)
+    ).all()
+    return [
+        (
+            address,
+            session.scalar(
+                select(Delivery.error)
+                .where(Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.FAILED)
+                .order_by(Delivery.day.desc())
+                .limit(1)
+            ),
+        )
+        for subscriber_id, address in rows
+    ]
+
+
 def build_confirmation_message(settings: Settings, recipient: str, link: str) -> EmailMessage:
     """The double opt-in mail: one link that opens a page with a confirm button."""
     message = EmailMessage()

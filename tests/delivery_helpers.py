@@ -42,9 +42,9 @@ def seed_day(session: Session, count: int, day: dt.date = DAY, prefix: str = "re
         address = f"{prefix}{number:03d}@example.org"
         subscriber = subscribe(session, address, ["transformers"], confirmed=True)
         session.flush()
-        session.add(
-            Selection(day=day, subscriber_id=subscriber.id, arxiv_id=arxiv_id, keyword_position=0, terms=["transformers"])
-        )
+        selection = Selection(day=day, subscriber_id=subscriber.id, arxiv_id=arxiv_id, keyword_position=0)
+        selection.terms = ["transformers"]
+        session.add(selection)
         addresses.append(address)
     session.commit()
     return addresses
