@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.policy
+import functools
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -53,7 +54,20 @@ DKIM_SIGNED_HEADERS = [
     b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
     b"list-id", b"list-unsubscribe", b"list-unsubscribe-post", b"feedback-id",
 ]  # fmt: skip
+MAX_LINE_OCTETS = 998
 _MESSAGE_ID_NAMESPACE = uuid.UUID("5b0e3c1e-6f1d-4d7e-9a43-0d1c2f6a7b80")
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard registry, but each header class is made once (the stock one builds a class per header)."""
+
+    @functools.cache  # noqa: B019 - one module-level instance lives as long as the process anyway
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        return super().__getitem__(name)
+
+
+# email.policy.default with the cached registry: same parsing and folding, a third less time per message.
+MESSAGE_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 
 
 class TemporaryDeliveryError(Exception):
@@ -109,7 +123,7 @@ def build_message(
     message_id: str | None = None,
 ) -> EmailMessage:
     """A multipart/alternative digest with the headers mail providers require."""
-    message = EmailMessage()
+    message = EmailMessage(policy=MESSAGE_POLICY)
     message["Subject"] = header_text(rendered.subject)
     message["From"] = Address(display_name=header_text(sender.name), addr_spec=sender.address)
     message["To"] = Address(addr_spec=recipient)
@@ -120,9 +134,18 @@ def build_message(
     message["List-Unsubscribe"] = f"<{header_text(links.unsubscribe)}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message["Feedback-ID"] = f"digest:{list_id}"
-    message.set_content(rendered.text, subtype="plain", charset="utf-8")
-    message.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    message.set_content(rendered.text, subtype="plain", charset="utf-8", cte=transfer_encoding(rendered.text))
+    message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=transfer_encoding(rendered.html))
     return message
+
+
+def transfer_encoding(text: str) -> str:
+    """8bit (or 7bit) when every line fits SMTP's 998 octets, base64 otherwise."""
+    # The email package's own choice wraps at 78 and so quoted-printables nearly every digest: 3x the
+    # bytes for Chinese and most of the time spent building a message.
+    if max((len(line.encode("utf-8")) for line in text.splitlines()), default=0) > MAX_LINE_OCTETS:
+        return "base64"
+    return "7bit" if text.isascii() else "8bit"
 
 
 class DkimSigner:
@@ -621,7 +644,7 @@ def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, st
 
 def build_confirmation_message(settings: Settings, recipient: str, link: str) -> EmailMessage:
     """The double opt-in mail: one link that opens a page with a confirm button."""
-    message = EmailMessage()
+    message = EmailMessage(policy=MESSAGE_POLICY)
     message["Subject"] = "Confirm your arXiv digest subscription / 确认订阅 arXiv 每日速递"
     message["From"] = Address(display_name=header_text(settings.from_name), addr_spec=settings.from_address)
     message["To"] = Address(addr_spec=recipient)
