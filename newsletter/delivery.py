@@ -198,12 +198,15 @@ class OutboxBackend:
     def send(self, message: EmailMessage) -> None:
         day = message.get("X-Digest-Day", "mail")
         folder = self.directory / outbox_name(str(day))
-        folder.mkdir(parents=True, exist_ok=True)
         stem = outbox_name(str(message["To"].addresses[0].addr_spec))
-        _atomic_write(folder / f"{stem}.eml", message_bytes(message, self.signer))
         html = message.get_body(preferencelist=("html",))
-        if html is not None:
-            _atomic_write(folder / f"{stem}.html", html.get_content().encode("utf-8"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / f"{stem}.eml", message_bytes(message, self.signer))
+            if html is not None:
+                _atomic_write(folder / f"{stem}.html", html.get_content().encode("utf-8"))
+        except OSError as exc:
+            raise MailServerUnavailable(f"cannot write to the outbox {self.directory}: {exc}") from exc
 
     def close(self) -> None:
         return None
@@ -355,6 +358,9 @@ class SmtpBackend:
             options = _mail_options(connection, raw, [self.settings.from_address, *recipients])
             refused = connection.sendmail(self.settings.from_address, recipients, raw, mail_options=options)
             broken = False
+        except PermanentDeliveryError:
+            broken = False
+            raise
         except smtplib.SMTPRecipientsRefused as exc:
             broken = False
             code, reply = next(iter(exc.recipients.values()))
@@ -365,6 +371,8 @@ class SmtpBackend:
             raise _classify(exc.smtp_code, exc.smtp_error) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise TemporaryDeliveryError(f"connection lost: {_describe(exc)}") from exc
+        except smtplib.SMTPException as exc:  # a reply smtplib could not make sense of
+            raise TemporaryDeliveryError(f"SMTP error: {_describe(exc)}") from exc
         finally:
             self.pool.release(connection, broken)
         if refused:

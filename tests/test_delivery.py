@@ -32,6 +32,9 @@ from tests.conftest import make_settings
 from tests.delivery_helpers import deliver, seed_day
 from tests.servers.smtp import SmtpSink
 
+# The sink accepts AUTH on plain connections too (the refused-login test uses that); aiosmtpd warns.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 
 def smtp_settings_for(engine: Engine, tmp_path: Path, sink: SmtpSink, **overrides: object) -> Settings:
     values: dict[str, object] = {
@@ -119,7 +122,6 @@ def test_it_logs_in_over_tls(session: Session, engine: Engine, tmp_path: Path, s
         assert {received.auth_user for received in sink.messages} == {"mailer"}
 
 
-@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_a_refused_login_stops_the_day_without_blaming_subscribers(
     session: Session, engine: Engine, tmp_path: Path
 ) -> None:
@@ -260,3 +262,23 @@ def test_threads_share_a_small_pool_of_connections(tmp_path: Path, smtp_sink: Sm
 
     assert len(recipients(smtp_sink)) == len(set(recipients(smtp_sink))) == 40
     assert smtp_sink.connections <= 2
+
+
+def test_an_outbox_that_cannot_be_written_stops_the_day_and_a_rerun_resumes(
+    session: Session, engine: Engine, tmp_path: Path
+) -> None:
+    addresses = seed_day(session, 2)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the outbox should be")
+    url = engine.url.render_as_string(hide_password=False)
+
+    stopped = deliver(session, make_settings(url, tmp_path, outbox_dir=blocked, smtp_max_attempts=1))
+
+    assert stopped.sent == 0 and "cannot write to the outbox" in (stopped.aborted or "")
+    assert session.scalars(select(Subscriber.status).distinct()).all() == [SubscriberStatus.ACTIVE]
+
+    resumed = deliver(session, make_settings(url, tmp_path, outbox_dir=tmp_path / "outbox"))
+
+    assert resumed.sent == 2
+    written = sorted(path.stem for path in (tmp_path / "outbox" / "2026-11-24").glob("*.eml"))
+    assert written == addresses
