@@ -88,14 +88,15 @@ def wait_for_drop(sink: SmtpSink, process: subprocess.Popen[str], timeout: float
 
 
 def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest(
-    pg_database_url: str, pg_engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+    engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    with Session(pg_engine, expire_on_commit=False) as session:
+    database_url = engine.url.render_as_string(hide_password=False)
+    with Session(engine, expire_on_commit=False) as session:
         addresses = seed_day(session, 12)
     # After 5 messages the sink cuts the line at RCPT; the sender has claimed the 6th and backs off 30 s.
     smtp_sink.drop_after(5, stage="RCPT")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.delivery_helpers", pg_database_url, str(smtp_sink.port), DAY.isoformat(),
+        [sys.executable, "-m", "tests.delivery_helpers", database_url, str(smtp_sink.port), DAY.isoformat(),
          "30", str(tmp_path / "outbox")],
         cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -108,12 +109,12 @@ def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest
         process.communicate()
     assert process.returncode == -signal.SIGKILL
 
-    with Session(pg_engine, expire_on_commit=False) as session:
+    with Session(engine, expire_on_commit=False) as session:
         assert len(smtp_sink.messages) == 5
         assert statuses(session) == Counter({DeliveryStatus.SENT: 5, DeliveryStatus.CLAIMED: 1})
 
         # The operator reruns the day once the killed sender's lease is over (0 s here).
-        settings = smtp_settings_for(pg_engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0)
+        settings = smtp_settings_for(engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0)
         rerun = deliver(session, settings)
 
         assert (rerun.sent, rerun.skipped, rerun.failed) == (7, 5, 0)
