@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import smtplib
+import socket
 import ssl
 import tempfile
 import threading
@@ -337,6 +338,10 @@ class SmtpBackend:
                 connection = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds)
                 if s.smtp_security == "starttls":
                     connection.starttls(context=self._tls_context())
+            # A reused session is out of TCP quick-ACK mode: without NODELAY the last TLS record of
+            # each message waits for the server's delayed ACK (~40 ms), slower than a new connection.
+            if connection.sock is not None:
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.ehlo()
             if s.smtp_user:
                 connection.login(s.smtp_user, s.smtp_password or "")
