@@ -49,7 +49,7 @@ HARD_FAILURES_BEFORE_BOUNCE = 3
 # Default lease; NEWSLETTER_DELIVERY_CLAIM_LEASE_SECONDS overrides it.
 CLAIM_LEASE = dt.timedelta(minutes=10)
 # A pooled connection idle this long is checked with NOOP first: servers close idle sessions.
-IDLE_CHECK_SECONDS = 15.0
+IDLE_CHECK_SECONDS = 5.0
 # Headers the DKIM signature covers; RFC 8058 requires List-Unsubscribe(-Post) among them.
 DKIM_SIGNED_HEADERS = [
     b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
