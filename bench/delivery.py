@@ -131,8 +131,8 @@ def send_all(
     threads: int,
     pooled: bool,
     max_seconds: float,
-) -> tuple[int, float]:
-    """(messages sent, seconds) for `threads` senders sharing `count` messages, stopping at `max_seconds`."""
+) -> tuple[int, float, float]:
+    """(messages, seconds, sender CPU seconds) for `threads` senders sharing `count` messages, up to `max_seconds`."""
     sender = Sender(settings.from_address, settings.from_name, settings.list_id)
     shared = SmtpBackend(settings) if pooled else None
     sent = [0] * threads
@@ -152,16 +152,16 @@ def send_all(
             sent[worker] += 1
 
     workers = [threading.Thread(target=send_share, args=(n,)) for n in range(threads)]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + max_seconds
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if shared is not None:
         shared.close()
-    return sum(sent), elapsed
+    return sum(sent), elapsed, cpu
 
 
 def main() -> None:
@@ -209,15 +209,21 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work slows both ways)")
         print(f"{args.threads} sender threads; throttle off for the measurement (NEWSLETTER_SMTP_MAX_PER_SECOND=1e6)")
         run = (settings, rendered, signer, args.messages, args.threads)
-        pooled_sent, pooled = send_all(*run, pooled=True, max_seconds=args.max_seconds)
-        naive_sent, naive = send_all(*run, pooled=False, max_seconds=args.max_seconds)
+        pooled_sent, pooled, pooled_cpu = send_all(*run, pooled=True, max_seconds=args.max_seconds)
+        naive_sent, naive, naive_cpu = send_all(*run, pooled=False, max_seconds=args.max_seconds)
     finally:
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=30)
     received = int(out.strip().splitlines()[-1]) if out.strip() else -1
     pooled_rate, naive_rate = pooled_sent / pooled, naive_sent / naive
-    print(f"pooled ({args.threads} sessions, reused): {pooled_rate:6.0f} messages/s ({pooled_sent} in {pooled:.1f} s)")
-    print(f"new connection per message: {naive_rate:6.0f} messages/s ({naive_sent} in {naive:.1f} s)")
+    print(
+        f"pooled ({args.threads} sessions, reused): {pooled_rate:6.0f} messages/s ({pooled_sent} in {pooled:.1f} s, "
+        f"sender CPU {1000 * pooled_cpu / pooled_sent:.1f} ms/message)"
+    )
+    print(
+        f"new connection per message: {naive_rate:6.0f} messages/s ({naive_sent} in {naive:.1f} s, "
+        f"sender CPU {1000 * naive_cpu / naive_sent:.1f} ms/message)"
+    )
     if min(pooled_sent, naive_sent) < args.messages:
         print(f"note: a way still sending after {args.max_seconds:.0f} s was stopped; its rate is over what it sent")
     print(f"ratio pooled / naive:       {pooled_rate / naive_rate:6.2f}x")
