@@ -10,6 +10,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
@@ -18,6 +19,7 @@ from newsletter.models import Paper, Selection
 from newsletter.render import DigestRenderer
 from newsletter.subscribers import subscribe
 from newsletter.tokens import LinkSigner
+from tests.servers.smtp import SmtpSink
 
 DAY = dt.date(2026, 11, 24)
 SECRET = "test-secret-key-0123456789"
@@ -48,6 +50,21 @@ def seed_day(session: Session, count: int, day: dt.date = DAY, prefix: str = "re
         addresses.append(address)
     session.commit()
     return addresses
+
+
+def smtp_settings_for(engine: Engine, tmp_path: Path, sink: SmtpSink, **overrides: object) -> Settings:
+    """Test Settings that mail through `sink` with near-instant retries and no real throttle."""
+    from tests.conftest import make_settings
+
+    values: dict[str, object] = {
+        "mail_backend": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": sink.port,
+        "smtp_max_per_second": 1000,
+        "smtp_retry_base_seconds": 0.001,
+    }
+    values.update(overrides)
+    return make_settings(engine.url.render_as_string(hide_password=False), tmp_path, **values)
 
 
 def deliver(session: Session, settings: Settings, day: dt.date = DAY, **kwargs: object) -> DeliveryResult:

@@ -29,23 +29,11 @@ from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberSt
 from newsletter.render import RenderedDigest
 from newsletter.tokens import SubscriberLinks
 from tests.conftest import make_settings
-from tests.delivery_helpers import deliver, seed_day
+from tests.delivery_helpers import deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
 
 # The sink accepts AUTH on plain connections too (the refused-login test uses that); aiosmtpd warns.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-
-
-def smtp_settings_for(engine: Engine, tmp_path: Path, sink: SmtpSink, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "mail_backend": "smtp",
-        "smtp_host": "127.0.0.1",
-        "smtp_port": sink.port,
-        "smtp_max_per_second": 1000,
-        "smtp_retry_base_seconds": 0.001,
-    }
-    values.update(overrides)
-    return make_settings(engine.url.render_as_string(hide_password=False), tmp_path, **values)
 
 
 @pytest.fixture

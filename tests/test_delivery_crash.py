@@ -17,9 +17,8 @@ from sqlmodel import Session
 
 from newsletter.delivery import DeliveryResult, claim_delivery
 from newsletter.models import Delivery, DeliveryStatus, Subscriber
-from tests.delivery_helpers import DAY, deliver, seed_day
+from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
-from tests.test_delivery import smtp_settings_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

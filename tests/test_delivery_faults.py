@@ -14,9 +14,8 @@ from sqlmodel import Session
 from newsletter.config import Settings
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.status import status_lines
-from tests.delivery_helpers import DAY, deliver, seed_day
+from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import NO_SUCH_USER_REPLY, TEMP_FAIL_REPLY, SmtpSink
-from tests.test_delivery import smtp_settings_for
 
 
 @pytest.fixture
