@@ -50,10 +50,15 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_security: Literal["none", "starttls", "ssl"] = "none"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
+    # Messages per second from one process, evenly spaced (a server's limit is on the rate, not on bursts).
     smtp_max_per_second: float = Field(20.0, gt=0)
     smtp_pool_size: int = Field(2, ge=1, le=32)
     smtp_max_attempts: int = Field(4, ge=1, le=10)
     smtp_retry_base_seconds: float = Field(1.0, ge=0)
+    # A CA bundle to trust for STARTTLS / SSL (a private mail relay); the system store otherwise.
+    smtp_ca_file: Path | None = None
+    # A claimed delivery with no outcome after this long belongs to a sender that died: it is sent again.
+    delivery_claim_lease_seconds: float = Field(600.0, ge=0)
     dkim_key_file: Path | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
@@ -120,6 +125,21 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate limit such as 20/minute") from exc
         return value
+
+    @model_validator(mode="after")
+    def _check_dkim_complete(self) -> Settings:
+        given = [self.dkim_key_file is not None, bool(self.dkim_selector), bool(self.dkim_domain)]
+        if any(given) and not all(given):
+            raise ValueError(
+                "DKIM signing needs NEWSLETTER_DKIM_KEY_FILE, NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_DOMAIN "
+                "all set (or none of them)"
+            )
+        return self
+
+    @property
+    def dkim_enabled(self) -> bool:
+        """Whether outgoing mail is DKIM-signed."""
+        return self.dkim_key_file is not None and bool(self.dkim_selector) and bool(self.dkim_domain)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.delivery import bounced_subscribers
 from newsletter.models import Delivery, Run, RunStatus, Subscriber
 from newsletter.translate import deepl_status_lines
 
@@ -44,6 +45,8 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
     """Human-readable status, newest run first."""
     counts = dict(session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
     yield "subscribers: " + (", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "none")
+    for address, error in bounced_subscribers(session):
+        yield f"bounced: {address} ({error or 'no reply recorded'}), no longer mailed"
     latest = session.scalars(select(Run).order_by(Run.day.desc()).limit(runs)).all()
     if not latest:
         yield "runs: none yet"

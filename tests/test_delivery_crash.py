@@ -1,0 +1,121 @@
+"""Exactly once through crashes and concurrency: two senders on one day, a sender killed mid-list."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from newsletter.delivery import DeliveryResult, claim_delivery
+from newsletter.models import Delivery, DeliveryStatus, Subscriber
+from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
+from tests.servers.smtp import SmtpSink
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def arrivals(sink: SmtpSink) -> Counter[str]:
+    return Counter(r for message in sink.messages for r in message.rcpt_tos)
+
+
+def statuses(session: Session) -> Counter[str]:
+    return Counter(
+        dict(session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all())  # type: ignore[arg-type]
+    )
+
+
+def test_two_senders_on_the_same_day_send_each_digest_once(
+    pg_engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    with Session(pg_engine, expire_on_commit=False) as session:
+        addresses = seed_day(session, 30)
+    settings = smtp_settings_for(pg_engine, tmp_path, smtp_sink)
+    start = threading.Barrier(2)
+    results: list[DeliveryResult] = []
+
+    def sender() -> None:
+        with Session(pg_engine, expire_on_commit=False) as session:
+            start.wait()
+            results.append(deliver(session, settings))
+
+    threads = [threading.Thread(target=sender) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert arrivals(smtp_sink) == Counter(addresses)
+    assert sum(r.sent for r in results) == 30
+    assert sum(r.skipped for r in results) == 30
+
+
+def test_a_claim_within_its_lease_is_left_to_its_sender_and_taken_over_after(
+    session: Session, engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    addresses = seed_day(session, 3)
+    first_id = session.scalars(select(Subscriber.id).where(Subscriber.email == addresses[0])).one()
+    # A sender claimed the first digest and then died before sending it.
+    assert claim_delivery(session, first_id, DAY) is not None
+
+    rerun = deliver(session, smtp_settings_for(engine, tmp_path, smtp_sink))
+    assert (rerun.sent, rerun.skipped) == (2, 1)
+    assert arrivals(smtp_sink)[addresses[0]] == 0
+
+    after_lease = deliver(session, smtp_settings_for(engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0))
+    assert after_lease.sent == 1
+    assert arrivals(smtp_sink) == Counter(addresses)
+
+
+def wait_for_drop(sink: SmtpSink, process: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Until the sink has dropped the sender's connection (the sender then backs off for a long time)."""
+    deadline = time.monotonic() + timeout
+    while not any(event.reply == "DROP" for event in sink.events):
+        if process.poll() is not None:
+            raise AssertionError(f"the sender ended early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no drop after {len(sink.messages)} messages")
+        time.sleep(0.02)
+
+
+def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest(
+    engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    database_url = engine.url.render_as_string(hide_password=False)
+    with Session(engine, expire_on_commit=False) as session:
+        addresses = seed_day(session, 12)
+    # After 5 messages the sink cuts the line at RCPT; the sender has claimed the 6th and backs off 30 s.
+    smtp_sink.drop_after(5, stage="RCPT")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.delivery_helpers", database_url, str(smtp_sink.port), DAY.isoformat(),
+         "30", str(tmp_path / "outbox")],
+        cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for_drop(smtp_sink, process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+
+    with Session(engine, expire_on_commit=False) as session:
+        assert len(smtp_sink.messages) == 5
+        assert statuses(session) == Counter({DeliveryStatus.SENT: 5, DeliveryStatus.CLAIMED: 1})
+
+        # The operator reruns the day once the killed sender's lease is over (0 s here).
+        settings = smtp_settings_for(engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0)
+        rerun = deliver(session, settings)
+
+        assert (rerun.sent, rerun.skipped, rerun.failed) == (7, 5, 0)
+        assert arrivals(smtp_sink) == Counter(addresses)
+        assert statuses(session) == Counter({DeliveryStatus.SENT: 12})
