@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HARD_FAILURES_BEFORE_BOUNCE = 3
 # A claim older than this with no outcome belongs to a sender that died; it is sent again.
+# The default; deliver_day uses NEWSLETTER_DELIVERY_CLAIM_LEASE_SECONDS.
 CLAIM_LEASE = dt.timedelta(minutes=10)
 
 
@@ -231,7 +232,9 @@ def recipients_for_day(session: Session, day: dt.date) -> list[int]:
     )
 
 
-def claim_delivery(session: Session, subscriber_id: int, day: dt.date) -> Delivery | None:
+def claim_delivery(
+    session: Session, subscriber_id: int, day: dt.date, lease: dt.timedelta = CLAIM_LEASE
+) -> Delivery | None:
     """Insert the day's delivery row, or take over a stale or retryable one; None if someone has it."""
     delivery = Delivery(subscriber_id=subscriber_id, day=day)
     try:
@@ -241,7 +244,7 @@ def claim_delivery(session: Session, subscriber_id: int, day: dt.date) -> Delive
         return delivery
     except IntegrityError:
         session.rollback()
-    stale = utcnow() - CLAIM_LEASE
+    stale = utcnow() - lease
     taken = session.execute(
         update(Delivery)
         .where(
@@ -277,8 +280,9 @@ def deliver_day(
     result = DeliveryResult()
     sender = Sender(settings.from_address, settings.from_name, settings.list_id)
     ids = list(subscriber_ids) if subscriber_ids is not None else recipients_for_day(session, day)
+    lease = dt.timedelta(seconds=settings.delivery_claim_lease_seconds)
     for subscriber_id in ids:
-        delivery = claim_delivery(session, subscriber_id, day)
+        delivery = claim_delivery(session, subscriber_id, day, lease)
         if delivery is None:
             result.skipped += 1
             continue
