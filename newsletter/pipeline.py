@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -21,6 +21,7 @@ from newsletter.harvest import (
     HarvestError,
     HttpFeedSource,
     harvest,
+    parse_announcement_feed,
 )
 from newsletter.matching import MatchResult, select_papers_for_day
 from newsletter.models import (
@@ -133,18 +134,21 @@ def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
             return True
         except IntegrityError:
             session.rollback()
-    reopenable = [RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT]
-    if reopen_finished:
-        reopenable.append(RunStatus.COMPLETED)
-    stale = (Run.status == RunStatus.RUNNING) & (Run.started_at < utcnow() - STALE_RUN)
-    reopened = session.execute(
-        update(Run)
-        .where(Run.day == day, Run.status.in_(reopenable) | stale)
-        .values(status=RunStatus.RUNNING, reason=None, started_at=utcnow(), finished_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    run = _locked_run(session, day)
+    assert run is not None
+    reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT} | ({RunStatus.COMPLETED} if reopen_finished else set())
+    stale = run.status == RunStatus.RUNNING and run.started_at < utcnow() - STALE_RUN
+    if run.status not in reopenable and not stale:
+        session.commit()
+        return False
+    # The harvest is not redone, so its figures stay; every later stage records itself again.
+    kept = {key: value for key, value in (run.stats or {}).items() if key == "harvest"}
+    if "harvest" in kept:
+        kept["seconds"] = {"harvest": (run.stats or {}).get("seconds", {}).get("harvest")}
+    run.status, run.reason, run.finished_at, run.started_at, run.stats = RunStatus.RUNNING, None, None, utcnow(), kept
+    session.add(run)
     session.commit()
-    return reopened.rowcount == 1
+    return True
 
 
 def _locked_run(session: Session, day: dt.date) -> Run | None:
@@ -378,3 +382,49 @@ def run_daily(
     stats = {**prepared.stats, "deliver": {k: v for k, v in vars(delivery).items() if k != "errors"}}
     stats["seconds"] = dict((run.stats or {}).get("seconds", {}))
     return RunSummary(day=prepared.day, status=run.status, reason=run.reason, stats=stats)
+
+
+@dataclass
+class DayProgress:
+    """Where the day's run is, for a progress display."""
+
+    status: str
+    reason: str | None
+    stage: str
+    recipients: int
+    sent: int
+    failed: int
+    claimed: int
+    stats: dict[str, Any]
+
+
+def day_progress(session: Session, day: dt.date) -> DayProgress | None:
+    """The day's run status, its current stage and its delivery counts; None before the run exists."""
+    run = session.scalars(select(Run).where(Run.day == day).execution_options(populate_existing=True)).first()
+    if run is None:
+        return None
+    stats = dict(run.stats or {})
+    stage = next(
+        (name for key, name in _NEXT_STAGE if key in stats),
+        "harvest",
+    )
+    counts = delivery_counts(session, day)
+    return DayProgress(
+        status=run.status,
+        reason=run.reason,
+        stage=stage if run.status == RunStatus.RUNNING else str(run.status),
+        recipients=int(stats.get("fanout", {}).get("recipients", 0)),
+        sent=counts[DeliveryStatus.SENT],
+        failed=counts[DeliveryStatus.FAILED],
+        claimed=counts[DeliveryStatus.CLAIMED],
+        stats=stats,
+    )
+
+
+# The stage that runs once the keyed one is recorded, latest first.
+_NEXT_STAGE = (("fanout", "deliver"), ("translate", "fan-out"), ("match", "translate"), ("harvest", "match"))
+
+
+def latest_announcement_day(feed: FeedSource) -> dt.date | None:
+    """The day the announcement feed shows now, None on a day without announcement."""
+    return parse_announcement_feed(feed.fetch_feed()).day

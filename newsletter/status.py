@@ -36,6 +36,13 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
             + f", sent {deliveries.get('sent', 0)}, failed {deliveries.get('failed', 0)}"
             + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
         )
+        seconds = stats.get("seconds", {})
+        if seconds:
+            line += " | seconds: " + ", ".join(
+                f"{stage} {seconds[stage]:.1f}"
+                for stage in ("harvest", "match", "translate", "deliver", "total")
+                if isinstance(seconds.get(stage), int | float)
+            )
         yield line
     today = dt.datetime.now(dt.UTC).date()
     month_start = dt.datetime.combine(today.replace(day=1), dt.time(), tzinfo=dt.UTC)
