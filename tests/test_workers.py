@@ -31,7 +31,7 @@ CATEGORIES = ["cs.AI", "cs.LG"]
 REDIS_DB_URL = os.environ.get("NEWSLETTER_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/11")
 BIN = Path(sys.executable).parent
 TOPICS = ["graph neural network", "diffusion model", "reinforcement learning", "large language model"]
-SUBSCRIBERS = 300
+SUBSCRIBERS = 200
 
 
 @pytest.fixture
@@ -49,10 +49,10 @@ def redis_url() -> str:
 
 @pytest.fixture
 def announced_day(arxiv_server: ArxivServer) -> list[str]:
-    """Forty papers announced on DAY, ten per topic; returns their titles."""
+    """Twenty papers announced on DAY, five per topic; returns their titles."""
     papers = [
         make_paper(f"2611.{index:05d}", title=f"A {TOPICS[index % 4]} for problem {index}", categories=CATEGORIES)
-        for index in range(1, 41)
+        for index in range(1, 21)
     ]
     arxiv_server.add_papers(*papers)
     arxiv_server.set_feed(CATEGORIES, build_feed(DAY, papers, categories=CATEGORIES))
@@ -99,7 +99,7 @@ def service_env(
         NEWSLETTER_SMTP_PORT=str(smtp_sink.port),
         NEWSLETTER_SMTP_MAX_PER_SECOND="5000",
         NEWSLETTER_SECRET_KEY="test-secret-key-0123456789",
-        NEWSLETTER_DELIVERY_CHUNK_SIZE="50",
+        NEWSLETTER_DELIVERY_CHUNK_SIZE="40",
         # A dead worker's claims and unacknowledged tasks come back within seconds, not minutes.
         NEWSLETTER_DELIVERY_CLAIM_LEASE_SECONDS="2",
         NEWSLETTER_CELERY_VISIBILITY_TIMEOUT_SECONDS="4",
@@ -214,7 +214,7 @@ def test_a_day_run_through_the_workers_mails_every_subscriber_once(
     with Session(pg_engine) as session:
         run = session.scalars(select(Run).where(Run.day == DAY)).one()
     assert run.status == "completed"
-    assert run.stats["harvest"]["announced"] == 40
+    assert run.stats["harvest"]["announced"] == 20
     assert run.stats["deliver"]["sent"] == SUBSCRIBERS
     assert set(run.stats["seconds"]) >= {"harvest", "match", "translate", "deliver", "total"}
 
@@ -235,15 +235,15 @@ def test_a_worker_killed_mid_delivery_leaves_no_subscriber_without_or_with_two_d
     announced_day: list[str],
     smtp_sink: SmtpSink,
 ) -> None:
-    # After 120 digests the sink hangs up on the next one; the worker then waits 30 s before
+    # After 80 digests the sink hangs up on the next one; the worker then waits 30 s before
     # retrying it, and that is when it is killed: holding a claim and an unacknowledged chunk.
-    smtp_sink.drop_after(120, stage="MAIL")
+    smtp_sink.drop_after(80, stage="MAIL")
     first = workers.start("worker-a", "--pool=solo", NEWSLETTER_SMTP_RETRY_BASE_SECONDS="30")
     run = newsletter(service_env, tmp_path, "run-daily", "--via-celery", "--date", "2026-11-24")
     wait_until(lambda: any(event.reply == "DROP" for event in smtp_sink.events), 60, "the dropped connection")
 
     workers.kill(first)
-    assert len(smtp_sink.messages) == 120
+    assert len(smtp_sink.messages) == 80
     workers.start("worker-b")
     code, stdout, stderr = finish(run)
 
