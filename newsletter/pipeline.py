@@ -187,6 +187,12 @@ def run_is_open(session: Session, day: dt.date) -> bool:
     return status == RunStatus.RUNNING
 
 
+def stage_recorded(session: Session, day: dt.date, stage: str) -> bool:
+    """Whether the day's open run has recorded `stage` already (a redelivered task then skips it)."""
+    stats = session.scalar(select(Run.stats).where(Run.day == day).execution_options(populate_existing=True))
+    return stage in (stats or {})
+
+
 def harvest_day(session: Session, transports: Transports, day: dt.date | None) -> tuple[dt.date | None, dict]:
     """Harvest the day (or the latest) and record it in the day's run; None when nothing was announced."""
     started = time.perf_counter()

@@ -99,10 +99,10 @@ def service_env_fixture(
         NEWSLETTER_SMTP_PORT=str(smtp_sink.port),
         NEWSLETTER_SMTP_MAX_PER_SECOND="5000",
         NEWSLETTER_SECRET_KEY="test-secret-key-0123456789",
-        NEWSLETTER_DELIVERY_CHUNK_SIZE="40",
+        NEWSLETTER_DELIVERY_CHUNK_SIZE="20",
         # A dead worker's claims and unacknowledged tasks come back within seconds, not minutes.
         NEWSLETTER_DELIVERY_CLAIM_LEASE_SECONDS="2",
-        NEWSLETTER_CELERY_VISIBILITY_TIMEOUT_SECONDS="4",
+        NEWSLETTER_CELERY_VISIBILITY_TIMEOUT_SECONDS="8",
     )
     return env
 

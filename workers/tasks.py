@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -34,7 +35,9 @@ from newsletter.pipeline import (
     harvest_day,
     match_day,
     production_transports,
+    record_stage,
     run_is_open,
+    stage_recorded,
     translate_day,
 )
 from newsletter.render import DigestRenderer
@@ -110,12 +113,17 @@ def harvest(day: str) -> str:
     return "harvested"
 
 
+def stage_pending(session: Session, date: dt.date, stage: str) -> bool:
+    """Whether the run is open and `stage` not yet done in it (a redelivered duplicate is skipped)."""
+    return run_is_open(session, date) and not stage_recorded(session, date, stage)
+
+
 @app.task(base=DayTask, name="newsletter.match", soft_time_limit=600, time_limit=660)
 def match(day: str) -> str:
     """Select every subscriber's papers for the day."""
     with day_session(day) as (session, date), locked_day(date, 660):
-        if not run_is_open(session, date):
-            return "skipped: the run ended"
+        if not stage_pending(session, date, "match"):
+            return "skipped"
         return f"{match_day(session, date).selections} selections"
 
 
@@ -123,8 +131,8 @@ def match(day: str) -> str:
 def translate(day: str) -> str:
     """Translate the day's selected papers (DeepL, cached per paper and language)."""
     with day_session(day) as (session, date), locked_day(date, 1900):
-        if not run_is_open(session, date):
-            return "skipped: the run ended"
+        if not stage_pending(session, date, "translate"):
+            return "skipped"
         return f"{translate_day(session, settings, production_transports(settings).translator, date).translated}"
 
 
@@ -132,13 +140,16 @@ def translate(day: str) -> str:
 def fan_out(day: str) -> int:
     """Enqueue one send task per chunk of the recipients still owed the day's digest."""
     with day_session(day) as (session, date), locked_day(date, 360):
-        if not run_is_open(session, date):
+        if not stage_pending(session, date, "enqueued"):
             return 0
+        started = time.perf_counter()
         chunks = delivery_chunks(session, date, settings.delivery_chunk_size)
+        for chunk in chunks:
+            send_digests.delay(day, chunk)
+        # Recorded after the enqueueing: a fan-out that died halfway is redone, never skipped.
+        record_stage(session, date, "enqueued", {"chunks": len(chunks)}, time.perf_counter() - started)
         if not chunks:
             finish_day(session, date)
-    for chunk in chunks:
-        send_digests.delay(day, chunk)
     return len(chunks)
 
 
