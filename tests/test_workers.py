@@ -47,6 +47,9 @@ def test_a_day_run_through_the_workers_mails_every_subscriber_once(
 
     assert code == 0, stderr
     assert "2026-11-24: completed" in stdout
+    # The progress display ends with every recipient accounted for.
+    assert f"{SUBSCRIBERS}/{SUBSCRIBERS} sent {SUBSCRIBERS}, failed 0" in stderr
+    assert "seconds: harvest" in stdout
     assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})
     digest = smtp_sink.messages_to("reader001@example.org")[0].message
     html = digest.get_body(("html",)).get_content()
