@@ -25,15 +25,19 @@ def run_via_celery(
     settings: Settings, day: dt.date | None, timeout: float = 4 * 3600, console: Console | None = None
 ) -> RunSummary:
     """Start the day on the workers (or join the run already under way) and wait until it ends."""
-    from workers.tasks import enqueue_day
+    from workers.tasks import app, enqueue_day
     from workers.trigger import start_day
 
+    console = console or Console(stderr=True)
     engine = engine_for(settings.database_url)
     with session_scope(engine) as session:
         started = start_day(session, settings, day, reopen_finished=True, enqueue=enqueue_day)
     if started.day is None:
         return RunSummary(day=day, status=RunStatus.NO_ANNOUNCEMENT, reason=started.reason)
-    return wait_for_day(engine, started.day, timeout, console or Console(stderr=True))
+    if not app.control.ping(timeout=1.0):
+        console.print("no Celery worker answered; the day waits in Redis until one starts "
+                      "(celery -A workers.celery_app worker)")
+    return wait_for_day(engine, started.day, timeout, console)
 
 
 def wait_for_day(engine: Engine, day: dt.date, timeout: float, console: Console) -> RunSummary:
