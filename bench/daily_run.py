@@ -241,6 +241,9 @@ def main() -> None:
         print(f"  messages per second, Celery ({args.workers} processes): {celery_rate:8.1f}")
         print(f"  messages per second, naive in-process (1 process, {naive_sent} digests): {naive_rate:8.1f}")
         print(f"  ratio: {celery_rate / naive_rate:.2f}x")
+        # Other programs on the machine take CPU from the workers; say how busy it was.
+        print(f"  machine load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+              f" on {os.cpu_count()} cores")
         if args.subscribers < 10_000 or args.papers < 2_000:
             print("  note: a scaled-down run; the target is stated for 10,000 subscribers and 2,000 papers")
         verdict = "met" if wall < 300 else "missed"
