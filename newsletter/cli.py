@@ -111,9 +111,16 @@ def run_daily(
     """Run the whole day: harvest, match, translate, render, deliver."""
     day = _parse_day(date, "--date")
     if via_celery:
-        from workers.progress import run_via_celery
+        from redis.exceptions import RedisError
 
-        summary = run_via_celery(_settings(), day)
+        from workers.progress import RunTimeout, run_via_celery
+
+        try:
+            summary = run_via_celery(_settings(), day)
+        except RedisError as exc:
+            raise CommandError(f"Redis at {_settings().redis_url} cannot be used: {exc}") from exc
+        except RunTimeout as exc:
+            raise CommandError(str(exc)) from exc
     else:
         from newsletter.pipeline import production_transports
         from newsletter.pipeline import run_daily as run
@@ -122,6 +129,10 @@ def run_daily(
         with session_scope(_engine()) as session:
             summary = run(session, settings, production_transports(settings), day)
     typer.echo(f"{summary.day}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""))
+    seconds = summary.stats.get("seconds", {})
+    if seconds:
+        stages = ("harvest", "match", "translate", "deliver", "total")
+        typer.echo("seconds: " + ", ".join(f"{stage} {seconds[stage]}" for stage in stages if stage in seconds))
     if summary.status == "failed":
         raise CommandError(summary.reason or "the run failed")
 

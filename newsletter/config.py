@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -78,6 +79,14 @@ class Settings(BaseSettings):
     web_rate_limit_prefix: str = "newsletter-web"
     web_max_body_bytes: int = Field(64 * 1024, ge=1024)
 
+    # The service (Celery workers and beat); see README "Running the full service".
+    delivery_chunk_size: int = Field(200, ge=1, le=10_000)
+    celery_visibility_timeout_seconds: float = Field(3600.0, gt=0)
+    beat_timezone: str = "America/New_York"
+    beat_poll_start: dt.time = dt.time(20, 30)
+    beat_poll_end: dt.time = dt.time(4, 0)
+    beat_poll_every_minutes: int = Field(30, ge=1, le=60)
+
     default_language: str = "ZH-HANS"
     default_timezone: str = "Asia/Shanghai"
 
@@ -106,7 +115,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must start with http:// or https://")
         return value.rstrip("/") if not value.endswith("/rss/") else value
 
-    @field_validator("default_timezone")
+    @field_validator("default_timezone", "beat_timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
         try:

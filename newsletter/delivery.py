@@ -594,8 +594,19 @@ def _record_sent(
     delivery.error = None
     delivery.retryable = False
     subscriber.consecutive_hard_failures = 0
-    for arxiv_id in digest.arxiv_ids:
-        session.merge(SentPaper(subscriber_id=subscriber.id, arxiv_id=arxiv_id, day=digest.day))
+    # One query for what is recorded already, one batched insert for the rest.
+    recorded = set(
+        session.scalars(
+            select(SentPaper.arxiv_id).where(
+                SentPaper.subscriber_id == subscriber.id, SentPaper.arxiv_id.in_(digest.arxiv_ids)
+            )
+        )
+    )
+    session.add_all(
+        SentPaper(subscriber_id=subscriber.id, arxiv_id=arxiv_id, day=digest.day)
+        for arxiv_id in dict.fromkeys(digest.arxiv_ids)
+        if arxiv_id not in recorded
+    )
     session.add_all([delivery, subscriber])
     session.commit()
     result.sent += 1

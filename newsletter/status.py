@@ -69,6 +69,13 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
             + f", sent {sent}, failed {deliveries.get('failed', 0)}"
             + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
         )
+        seconds = stats.get("seconds", {})
+        if seconds:
+            line += " | seconds: " + ", ".join(
+                f"{stage} {seconds[stage]:.1f}"
+                for stage in ("harvest", "match", "translate", "deliver", "total")
+                if isinstance(seconds.get(stage), int | float)
+            )
         failure = stats.get("last_harvest_failure")
         if failure:
             line += f" | last harvest attempt failed at {failure['at'][:16]}: {failure['reason']}"

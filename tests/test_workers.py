@@ -1,0 +1,96 @@
+"""The service on real workers: `celery -A workers.celery_app worker` processes started by the test,
+the real Redis and PostgreSQL, local arXiv and DeepL servers and an aiosmtpd sink."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from newsletter.models import DeliveryStatus, Run
+from tests.servers import DeepLServer, SmtpSink
+from tests.workers_support import (  # noqa: F401 - the fixtures are used by name
+    BIN,
+    DAY,
+    SUBSCRIBERS,
+    Workers,
+    announced_day_fixture,
+    deliveries,
+    digests_per_address,
+    finish,
+    newsletter,
+    redis_url_fixture,
+    service_env_fixture,
+    subscribers_fixture,
+    workers_fixture,
+)
+
+
+def test_a_day_run_through_the_workers_mails_every_subscriber_once(
+    workers: Workers,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    pg_engine: Engine,
+    subscribers: list[str],
+    announced_day: list[str],
+    smtp_sink: SmtpSink,
+    deepl_server: DeepLServer,
+) -> None:
+    workers.start("worker-a")
+
+    run = newsletter(service_env, tmp_path, "run-daily", "--via-celery", "--date", "2026-11-24")
+    code, stdout, stderr = finish(run)
+
+    assert code == 0, stderr
+    assert "2026-11-24: completed" in stdout
+    # The progress display ends with every recipient accounted for.
+    assert f"{SUBSCRIBERS}/{SUBSCRIBERS} sent {SUBSCRIBERS}, failed 0" in stderr
+    assert "seconds: harvest" in stdout
+    assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})
+    digest = smtp_sink.messages_to("reader001@example.org")[0].message
+    html = digest.get_body(("html",)).get_content()
+    assert "2026-11-24" in digest["Subject"]
+    assert "A diffusion model for problem 1" in html
+    # The title came back from the DeepL server in the subscriber's language.
+    assert deepl_server.prefix_for("ZH-HANS") in html
+    assert deliveries(pg_engine) == {DeliveryStatus.SENT: SUBSCRIBERS}
+    with Session(pg_engine) as session:
+        run = session.scalars(select(Run).where(Run.day == DAY)).one()
+    assert run.status == "completed"
+    assert run.stats["harvest"]["announced"] == 20
+    assert run.stats["deliver"]["sent"] == SUBSCRIBERS
+    assert set(run.stats["seconds"]) >= {"harvest", "match", "translate", "deliver", "total"}
+
+    status = subprocess.run(
+        [str(BIN / "newsletter"), "status"], env=service_env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"sent {SUBSCRIBERS}, failed 0" in status.stdout
+    assert "seconds: harvest" in status.stdout and "deliver" in status.stdout
+
+
+def test_two_run_daily_commands_at_once_send_each_digest_once(
+    workers: Workers,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    pg_engine: Engine,
+    subscribers: list[str],
+    announced_day: list[str],
+    smtp_sink: SmtpSink,
+) -> None:
+    workers.start("worker-a")
+
+    runs = [newsletter(service_env, tmp_path, "run-daily", "--via-celery", "--date", "2026-11-24") for _ in range(2)]
+    outcomes = [finish(run) for run in runs]
+
+    for code, stdout, stderr in outcomes:
+        assert code == 0, stderr
+        assert "2026-11-24: completed" in stdout
+    assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})
+    with Session(pg_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 1
+    assert deliveries(pg_engine) == {DeliveryStatus.SENT: SUBSCRIBERS}

@@ -1,0 +1,54 @@
+"""A worker SIGKILLed in the middle of a day: a new worker finishes it, each digest sent once."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from newsletter.models import DeliveryStatus
+from tests.servers import SmtpSink
+from tests.workers_support import (  # noqa: F401 - the fixtures are used by name
+    SUBSCRIBERS,
+    Workers,
+    announced_day_fixture,
+    deliveries,
+    digests_per_address,
+    finish,
+    newsletter,
+    redis_url_fixture,
+    service_env_fixture,
+    subscribers_fixture,
+    wait_until,
+    workers_fixture,
+)
+
+
+def test_a_worker_killed_mid_delivery_leaves_no_subscriber_without_or_with_two_digests(
+    workers: Workers,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    pg_engine: Engine,
+    subscribers: list[str],
+    announced_day: list[str],
+    smtp_sink: SmtpSink,
+) -> None:
+    # After 80 digests the sink hangs up on the next one; the worker then waits 30 s before
+    # retrying it, and that is when it is killed: holding a claim and an unacknowledged chunk.
+    smtp_sink.drop_after(80, stage="MAIL")
+    first = workers.start("worker-a", "--pool=solo", NEWSLETTER_SMTP_RETRY_BASE_SECONDS="30")
+    run = newsletter(service_env, tmp_path, "run-daily", "--via-celery", "--date", "2026-11-24")
+    wait_until(lambda: any(event.reply == "DROP" for event in smtp_sink.events), 60, "the dropped connection")
+
+    workers.kill(first)
+    assert len(smtp_sink.messages) == 80
+    workers.start("worker-b")
+    code, stdout, stderr = finish(run)
+
+    assert code == 0, stderr
+    assert "2026-11-24: completed" in stdout
+    assert first.returncode == -signal.SIGKILL
+    assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})
+    assert deliveries(pg_engine) == {DeliveryStatus.SENT: SUBSCRIBERS}

@@ -1,0 +1,114 @@
+"""Starting a day: once, however many beats tick at the same moment; and when beat ticks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from newsletter.config import Settings
+from newsletter.models import Run, RunStatus
+from tests.conftest import make_settings, skip_or_fail
+from tests.servers import ArxivServer, build_empty_feed, build_feed, make_paper
+from workers.schedule import in_poll_window, poll_crontab
+from workers.trigger import start_day
+
+DAY = dt.date(2026, 11, 24)
+REDIS_DB_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture
+def trigger_settings(pg_engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> Settings:
+    client = redis.Redis.from_url(REDIS_DB_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis not reachable at {REDIS_DB_URL}: {exc}")
+    client.flushdb()
+    return make_settings(
+        pg_engine.url.render_as_string(hide_password=False),
+        tmp_path,
+        redis_url=REDIS_DB_URL,
+        arxiv_feed_url=arxiv_server.feed_base_url,
+        categories=["cs.AI"],
+    )
+
+
+def test_two_beats_ticking_at_once_start_the_day_once(pg_engine: Engine, trigger_settings: Settings) -> None:
+    enqueued: list[dt.date] = []
+    outcomes: list[bool] = []
+    together = threading.Barrier(4)
+
+    def tick() -> None:
+        with Session(pg_engine, expire_on_commit=False) as session:
+            together.wait()
+            started = start_day(session, trigger_settings, DAY, reopen_finished=False, enqueue=enqueued.append)
+            outcomes.append(started.started)
+
+    ticks = [threading.Thread(target=tick) for _ in range(4)]
+    for thread in ticks:
+        thread.start()
+    for thread in ticks:
+        thread.join(timeout=60)
+
+    assert sorted(outcomes) == [False, False, False, True]
+    assert enqueued == [DAY]
+    with Session(pg_engine) as session:
+        assert [run.status for run in session.scalars(select(Run))] == [RunStatus.RUNNING]
+
+
+def test_a_failed_day_starts_again_on_the_next_tick_and_a_completed_one_only_when_asked(
+    pg_engine: Engine, trigger_settings: Settings
+) -> None:
+    enqueued: list[dt.date] = []
+    with Session(pg_engine, expire_on_commit=False) as session:
+        session.add(Run(day=DAY, status=RunStatus.FAILED, reason="arXiv answered HTTP 503"))
+        session.commit()
+        assert start_day(session, trigger_settings, DAY, reopen_finished=False, enqueue=enqueued.append).started
+        run = session.scalars(select(Run).execution_options(populate_existing=True)).one()
+        assert (run.status, run.reason) == (RunStatus.RUNNING, None)
+
+        run.status = RunStatus.COMPLETED
+        session.commit()
+        assert not start_day(session, trigger_settings, DAY, reopen_finished=False, enqueue=enqueued.append).started
+        assert start_day(session, trigger_settings, DAY, reopen_finished=True, enqueue=enqueued.append).started
+    assert enqueued == [DAY, DAY]
+
+
+def test_a_tick_reads_the_day_from_the_feed_and_starts_nothing_without_announcement(
+    pg_engine: Engine, trigger_settings: Settings, arxiv_server: ArxivServer
+) -> None:
+    enqueued: list[dt.date] = []
+    with Session(pg_engine, expire_on_commit=False) as session:
+        arxiv_server.set_feed("cs.AI", build_empty_feed(dt.date(2026, 11, 28), ["cs.AI"]))
+        quiet = start_day(session, trigger_settings, None, reopen_finished=False, enqueue=enqueued.append)
+        arxiv_server.set_feed("cs.AI", build_feed(DAY, [make_paper("2611.00001")], ["cs.AI"]))
+        announced = start_day(session, trigger_settings, None, reopen_finished=False, enqueue=enqueued.append)
+
+    assert (quiet.day, quiet.started) == (None, False)
+    assert "no announcement" in (quiet.reason or "")
+    assert (announced.day, announced.started) == (DAY, True)
+    assert enqueued == [DAY]
+
+
+def test_beat_polls_every_half_hour_from_the_announcement_evening_to_early_morning(tmp_path: Path) -> None:
+    settings = make_settings("sqlite://", tmp_path)
+    schedule = poll_crontab(settings)
+
+    assert schedule.hour == {20, 21, 22, 23, 0, 1, 2, 3, 4}
+    assert schedule.minute == {0, 30}
+    start, end = settings.beat_poll_start, settings.beat_poll_end
+    assert [in_poll_window(dt.time(h, m), start, end) for h, m in [(20, 0), (20, 30), (23, 30), (4, 0), (4, 30)]] == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert not in_poll_window(dt.time(12, 0), start, end)

@@ -1,0 +1,65 @@
+"""Starting a day on the workers: once per announcement day, however many beats or commands ask."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from redis.lock import Lock
+from sqlmodel import Session
+
+from newsletter.config import Settings
+from newsletter.models import RunStatus
+from newsletter.pipeline import end_run, latest_announcement_day, open_run, production_transports
+
+TRIGGER_LOCK = "newsletter:lock:trigger"
+TRIGGER_LOCK_SECONDS = 120
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client for the configured Redis (the broker's server)."""
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def day_lock(client: redis.Redis, day: dt.date, seconds: float) -> Lock:
+    """The lock stage tasks of one day hold, so a redelivered duplicate waits instead of racing."""
+    return client.lock(f"newsletter:lock:day:{day.isoformat()}", timeout=seconds, blocking_timeout=seconds)
+
+
+@dataclass(frozen=True)
+class StartedDay:
+    """What a trigger found: the day, and whether this caller started its run."""
+
+    day: dt.date | None
+    started: bool
+    reason: str | None = None
+
+
+def start_day(
+    session: Session,
+    settings: Settings,
+    day: dt.date | None,
+    reopen_finished: bool,
+    enqueue: Callable[[dt.date], None],
+) -> StartedDay:
+    """Open the day's run and enqueue its tasks, unless a run of that day is open or (unless reopening) done.
+
+    The Redis lock keeps two triggers (two beats started by mistake, two commands) from racing;
+    the unique run row decides even if the lock expired.
+    """
+    client = redis_client(settings)
+    with client.lock(TRIGGER_LOCK, timeout=TRIGGER_LOCK_SECONDS, blocking_timeout=TRIGGER_LOCK_SECONDS):
+        if day is None:
+            day = latest_announcement_day(production_transports(settings).feed)
+            if day is None:
+                return StartedDay(None, False, "arXiv made no announcement (weekend or holiday)")
+        if not open_run(session, day, reopen_finished):
+            return StartedDay(day, False, "a run of this day is in progress or done")
+        try:
+            enqueue(day)
+        except Exception as exc:
+            end_run(session, day, RunStatus.FAILED, f"could not enqueue the run: {exc}")
+            raise
+    return StartedDay(day, True)
