@@ -54,7 +54,8 @@ def test_a_day_run_through_the_workers_mails_every_subscriber_once(
     digest = smtp_sink.messages_to("reader001@example.org")[0].message
     html = digest.get_body(("html",)).get_content()
     assert "2026-11-24" in digest["Subject"]
-    assert "A diffusion model for problem 1" in html
+    # The matched words are highlighted inside the title.
+    assert "diffusion model</b> for problem 1" in html
     # The title came back from the DeepL server in the subscriber's language.
     assert deepl_server.prefix_for("ZH-HANS") in html
     assert deliveries(pg_engine) == {DeliveryStatus.SENT: SUBSCRIBERS}
