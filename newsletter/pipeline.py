@@ -567,4 +567,5 @@ _NEXT_STAGE = (("fanout", "deliver"), ("translate", "fan-out"), ("match", "trans
 
 def latest_announcement_day(feed: FeedSource) -> dt.date | None:
     """The day the announcement feed shows now, None on a day without announcement."""
-    return parse_announcement_feed(feed.fetch_feed()).day
+    parsed = parse_announcement_feed(feed.fetch_feed())
+    return parsed.day if parsed.has_announcement else None
