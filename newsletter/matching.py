@@ -6,7 +6,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, insert, select
 from sqlmodel import Session
 
 from newsletter.keywords import KeywordIndex, PaperText
@@ -74,7 +74,7 @@ def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
     )
     # A digest already claimed for this day keeps the selection it was built from.
     claimed = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
-    chosen: dict[tuple[int, str], Selection] = {}
+    chosen: dict[tuple[int, str], dict] = {}
     for paper in papers:
         for match in index.match(paper_text(paper)):
             key = (match.subscriber, paper.arxiv_id)
@@ -82,16 +82,16 @@ def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
                 continue
             existing = chosen.get(key)
             if existing is None:
-                chosen[key] = Selection(
-                    day=day,
-                    subscriber_id=match.subscriber,
-                    arxiv_id=paper.arxiv_id,
-                    keyword_position=match.position,
-                    terms=sorted(match.terms),
-                )
+                chosen[key] = {
+                    "day": day,
+                    "subscriber_id": match.subscriber,
+                    "arxiv_id": paper.arxiv_id,
+                    "keyword_position": match.position,
+                    "terms": sorted(match.terms),
+                }
             else:
-                existing.keyword_position = min(existing.keyword_position, match.position)
-                existing.terms = sorted(set(existing.terms) | match.terms)
+                existing["keyword_position"] = min(existing["keyword_position"], match.position)
+                existing["terms"] = sorted(set(existing["terms"]) | match.terms)
     session.execute(
         delete(Selection).where(
             Selection.day == day,
@@ -100,11 +100,17 @@ def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
             ),
         )
     )
-    session.add_all(chosen.values())
+    # One executemany instead of an ORM object per row: a large list has 100,000s of selections.
+    for start in range(0, len(chosen), 5000):
+        session.execute(insert(Selection), list(chosen.values())[start:start + 5000])
     session.flush()
+    # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
+    totals = session.execute(
+        select(func.count(), func.count(func.distinct(Selection.subscriber_id))).where(Selection.day == day)
+    ).one()
     return MatchResult(
         subscribers=len(profiles),
         papers=len(papers),
-        selections=len(chosen),
-        subscribers_with_papers=len({subscriber for subscriber, _ in chosen}),
+        selections=int(totals[0]),
+        subscribers_with_papers=int(totals[1]),
     )
