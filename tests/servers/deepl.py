@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -129,6 +130,20 @@ def _error(status: int, message: str | None = None) -> Response:
     return _json(status, {"message": message or _ERROR_MESSAGES.get(status, "Error")})
 
 
+@functools.lru_cache(maxsize=16)
+def _glossary_pattern(sources: tuple[str, ...]) -> re.Pattern[str]:
+    """One alternation over every glossary term, longest first, whole words (one pass per text)."""
+    parts = []
+    for source in sorted(sources, key=len, reverse=True):
+        pattern = re.escape(source)
+        if source[:1].isalnum():
+            pattern = r"(?<!\w)" + pattern
+        if source[-1:].isalnum():
+            pattern += r"(?!\w)"
+        parts.append(pattern)
+    return re.compile("|".join(parts))
+
+
 class DeepLServer(FakeHTTPServer[DeepLRequest]):
     """Fake api.deepl.com: translate, usage, v2 glossaries, languages, auth and faults."""
 
@@ -184,13 +199,8 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
         """Translate one stretch of translatable text."""
         if self.translate_segment is not None:
             return self.translate_segment(text, target_lang)
-        for source in sorted(glossary, key=len, reverse=True):
-            pattern = re.escape(source)
-            if source[:1].isalnum():
-                pattern = r"(?<!\w)" + pattern
-            if source[-1:].isalnum():
-                pattern += r"(?!\w)"
-            text = re.sub(pattern, lambda _m, t=glossary[source]: t, text)
+        if glossary:
+            text = _glossary_pattern(tuple(sorted(glossary))).sub(lambda m: glossary[m.group(0)], text)
         return text.replace("$", DOLLAR_MISTRANSLATION)
 
     def _translate_markup(
