@@ -10,32 +10,39 @@ Canonical form, shared by matching, highlighting and the benchmark's naive check
 1. Folding (`fold_text`): LaTeX is rendered to Unicode by pylatexenc, then NFKD, case
    folding, and combining marks dropped, so Schr\\"{o}dinger, Schrödinger and schrodinger
    are one word.
-2. Tokens are maximal runs of letters or of digits (so "GPT4" is "gpt" + "4"). The gaps
-   between tokens are *soft* when they hold only whitespace, hyphens, apostrophes or
-   underscores, and *hard* otherwise (".", ",", "(", "/", ...). A text becomes one stream:
-   tokens concatenated with nothing between them across soft gaps and "\\x00" at hard gaps,
-   plus the set of stream offsets where a token starts or ends. A keyword phrase becomes the
-   concatenation of its tokens, its last word singularised (networks -> network), so
-   "multi-agent", "multi agent" and "multiagent" are all the pattern "multiagent".
-3. A pattern matches where the automaton finds it in the stream and it starts on a token
-   start and ends on a token end, optionally after a plural "s"/"es" (or anywhere, for a
-   prefix). It may cross a hyphen-like gap anywhere, but crosses a whitespace gap only
-   where the keyword itself has a word break or inside a keyword word at least three letters
-   from either end: "data set" matches "dataset", while "a i" (as in "a i.i.d. sample")
-   does not match "AI".
+2. Tokens are maximal runs of letters or of digits (so "GPT4" is "gpt" + "4"). The gap
+   between two tokens is *soft* when it holds only whitespace, hyphens, apostrophes or
+   underscores (or nothing), and *hard* otherwise (".", ",", "(", "/", ...). A text becomes a
+   stream: its tokens concatenated, with nothing for a soft gap and "\\x00" for a hard one,
+   plus where each token starts and ends. A keyword phrase becomes a pattern the same way,
+   its last word singularised (networks -> network): "multi-agent", "multi agent" and
+   "multiagent" are all the pattern "multiagent"; "i.i.d." keeps its hard gaps.
+3. A pattern matches where the automaton finds it in the stream starting at a token start
+   and ending at a token end, possibly after a plural "s"/"es" (anywhere, for a prefix), so
+   "net" is not found in "network", nor "RL" in "URL". It may run across a hyphen-like gap
+   anywhere, but across whitespace only where the keyword itself breaks words, or inside
+   a keyword word at least three letters from either end: "data set" matches "dataset",
+   while the "a i" of "a i.i.d. sample" is not "AI".
+
+Match.terms (what to highlight) are the keyword's terms as the subscriber wrote them, those
+present in the paper, leaving out what follows ANDNOT.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import unicodedata
+from array import array
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate, compress
-from typing import Generic, TypeVar
+from types import MappingProxyType
+from typing import Generic, NamedTuple, TypeVar
 
 import ahocorasick
 from pylatexenc.latex2text import LatexNodes2Text
@@ -96,16 +103,12 @@ _LATEX = LatexNodes2Text()
 def _build_fold_table() -> dict[int, str | None]:
     # Combining marks are dropped after NFKD; the BMP holds every mark Latin, Greek and
     # Cyrillic text uses, and scanning it once at import takes a few milliseconds.
-    table: dict[int, str | None] = {
-        code: None for code in range(0x10000) if unicodedata.combining(chr(code))
-    }
+    table: dict[int, str | None] = {code: None for code in range(0x10000) if unicodedata.combining(chr(code))}
     # Letters NFKD leaves alone although people write them without the stroke.
-    table.update(
-        {ord(a): b for a, b in {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "ħ": "h", "ŧ": "t",
-                                 "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"}.items()}
-    )
+    table.update(str.maketrans("øłđðħŧı", "olddhti"))
+    table.update({ord("æ"): "ae", ord("œ"): "oe", ord("þ"): "th"})
     # "~" is LaTeX's non-breaking space; control characters would collide with the
-    # stream's own markers (\x00-\x02).
+    # stream's hard-gap marker.
     table[ord("~")] = " "
     table.update({code: " " for code in range(0x20) if chr(code) not in "\t\n\r\f\v"})
     return table
@@ -149,7 +152,7 @@ _SPACE_CHARS = " \t\n\r\f\v\x85\u2028\u2029"
 _JOIN_CHARS = "-_'\u2010\u2011\u2012\u2013\u2014\u2015\u2019\u02bc\u00ad\u200b"
 # Capturing, so split() returns gap, token, gap, token, ..., gap.
 _TOKEN_SPLIT = re.compile(r"([^\W\d_]+|\d+)")
-_TOKEN = re.compile(r"[^\W\d_]+|\d+")
+_ASCII_TOKEN_SPLIT = re.compile(r"([a-z]+|[0-9]+)")  # twice as fast; most folded text is ASCII
 _TOKEN_CHAR = re.compile(r"[^\W_]")
 _HARD = "\x00"
 
@@ -192,7 +195,7 @@ _SEPARATORS = _SeparatorTable()
 @dataclass(frozen=True, slots=True)
 class _Stream:
     text: str  # tokens joined, "\x00" where a hard gap was
-    bounds: set[int]  # offsets where a token starts or ends
+    tokens: dict[int, int]  # start offset of each token -> its end offset
     spaces: list[int]  # sorted offsets of whitespace gaps
 
 
@@ -200,22 +203,25 @@ def _stream(folded: str) -> _Stream:
     # Everything here runs in C (split, map over dicts, join, accumulate): a Python loop per
     # token would cost more than the automaton pass itself. Letter and digit runs are
     # separate tokens, so "gpt4" yields an empty gap between "gpt" and "4".
-    parts = _TOKEN_SPLIT.split(folded)
+    parts = (_ASCII_TOKEN_SPLIT if folded.isascii() else _TOKEN_SPLIT).split(folded)
     gaps = parts[0::2]
     parts[0::2] = map(_SEPARATORS.__getitem__, gaps)
     offsets = list(accumulate(map(len, parts)))
-    bounds = set(offsets)
-    bounds.add(0)
-    spaces = list(compress(offsets[0::2], map(_SPACE_GAPS.__getitem__, gaps)))
-    return _Stream("".join(parts), bounds, spaces)
+    gap_ends = offsets[0::2]  # = token starts, then the end of the text
+    spaces = list(compress(gap_ends, map(_SPACE_GAPS.__getitem__, gaps)))
+    return _Stream("".join(parts), dict(zip(gap_ends, offsets[1::2], strict=False)), spaces)
 
 
 def _is_bound(stream: _Stream, offset: int) -> bool:
-    return offset in stream.bounds
+    # A token ends where another starts (soft gap), before a hard gap, or at the end.
+    return offset in stream.tokens or offset >= len(stream.text) or stream.text[offset] == _HARD
 
 
 # How the end of a pattern may sit in the text.
 _EXACT, _PLURAL, _PREFIX = 0, 1, 2
+_PLURAL_ENDINGS = ("s", "es")
+# A term under an automaton pattern: (term id, fields it is looked for in, mode, splits).
+_Entry = tuple[int, int, int, frozenset[int]]
 
 
 def _match_end(stream: _Stream, start: int, length: int, mode: int, splits: frozenset[int]) -> int:
@@ -257,20 +263,26 @@ def _singular(word: str) -> str:
     return word[:-1]
 
 
-def _phrase_pattern(folded: str, *, singularise: bool) -> _Pattern | None:
-    tokens = _TOKEN.findall(folded)
+@lru_cache(maxsize=65536)
+def _phrase_pattern(folded: str, singularise: bool) -> _Pattern | None:
+    parts = (_ASCII_TOKEN_SPLIT if folded.isascii() else _TOKEN_SPLIT).split(folded)
+    tokens = parts[1::2]
     if not tokens:
         return None
     if singularise and tokens[-1].isalpha():
         tokens[-1] = _singular(tokens[-1])
-    splits: set[int] = set()
-    offset = 0
-    for token in tokens:
-        # Inside a word, a text may split it with a space only far enough from its ends.
-        splits.update(range(offset + MIN_SPLIT_PIECE, offset + len(token) - MIN_SPLIT_PIECE + 1))
-        offset += len(token)
-        splits.add(offset)
-    return _Pattern("".join(tokens), frozenset(splits))
+    # Punctuation inside a keyword counts ("i.i.d.", "R&D" keep their hard gaps); soft gaps
+    # vanish like in the text. Gaps before the first and after the last token do not count.
+    parts = parts[1:-1]
+    parts[0::2] = tokens
+    parts[1::2] = map(_SEPARATORS.__getitem__, parts[1::2])
+    ends = list(accumulate(map(len, parts)))
+    splits = set(ends[1::2])  # where the keyword's own words meet
+    # Inside a word, a text may also split it with a space, far enough from its ends.
+    for token, end in zip(tokens, ends[0::2], strict=True):
+        if len(token) >= 2 * MIN_SPLIT_PIECE:
+            splits.update(range(end - len(token) + MIN_SPLIT_PIECE, end - MIN_SPLIT_PIECE + 1))
+    return _Pattern("".join(parts), frozenset(splits))
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,67 +349,65 @@ _FIELDS = {"ti": "ti", "abs": "abs", "au": "au", "cat": "cat", "all": "text"}
 _OPERATORS = ("AND", "OR", "ANDNOT")
 _QUOTES = '"\u201c\u201d'
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
+# Anything that makes a keyword more than a plain phrase.
+_SYNTAX = re.compile(r"[()\"\u201c\u201d:*]|(?<!\S)(?:AND|OR|ANDNOT|NOT)(?!\S)")
 _CATEGORY = re.compile(r"[a-z][a-z-]*(?:\.[a-z][a-z-]*)?")
 _CATEGORY_PREFIX = re.compile(r"[a-z][a-z-]*(?:\.(?:[a-z][a-z-]*)?)?")
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
+class _Token(NamedTuple):  # a NamedTuple: tokenizing every profile makes many of them
     kind: str  # "(", ")", "op", "field", "word", "quoted"
     text: str
     position: int
 
 
+# One lexeme per match: whitespace, a parenthesis, a quoted phrase (group "closed" is empty
+# when the quote is never closed) or a bare word. A backslash escapes the next character, so
+# Schr\"{o}dinger is one word rather than the start of a quote.
+_LEXEME = re.compile(
+    r"""
+      (?P<space>\s+)
+    | (?P<paren>[()])
+    | [\"\u201c\u201d](?P<quoted>(?:\\.|[^\"\u201c\u201d\\])*\\?)(?P<closed>[\"\u201c\u201d])?
+    | (?P<word>(?:[^\s()\"\u201c\u201d\\]+|\\.|\\$)+)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
 def _tokenize(source: str) -> list[_Token]:
     tokens: list[_Token] = []
-    index, length = 0, len(source)
-    while index < length:
-        char = source[index]
-        if char.isspace():
-            index += 1
-        elif char in "()":
-            tokens.append(_Token(char, char, index))
-            index += 1
-        elif char in _QUOTES:
-            close = _scan(source, index + 1, stop=_QUOTES)
-            if close >= length:
+    for lexeme in _LEXEME.finditer(source):
+        kind, index = lexeme.lastgroup, lexeme.start()
+        if kind == "space":
+            continue
+        if kind == "paren":
+            tokens.append(_Token(lexeme.group(), lexeme.group(), index))
+        elif lexeme.group("quoted") is not None:
+            if lexeme.group("closed") is None:
                 raise KeywordSyntaxError("unclosed quote", index)
-            tokens.append(_Token("quoted", source[index + 1 : close], index))
-            index = close + 1
+            tokens.append(_Token("quoted", lexeme.group("quoted"), index))
         else:
-            end = _scan(source, index, stop="()" + _QUOTES, stop_at_space=True)
-            word = source[index:end]
-            prefix = _FIELD_PREFIX.match(word)
-            # "testing: a survey" is a phrase; "foo:bar" and "ti: graph" name fields.
-            if prefix and (prefix.group(1).lower() in _FIELDS or prefix.end() < len(word)):
-                name = prefix.group(1).lower()
-                if name not in _FIELDS:
-                    raise KeywordSyntaxError(f"unknown field '{prefix.group()}'", index)
-                tokens.append(_Token("field", name, index))
-                if prefix.end() < len(word):
-                    tokens.append(_Token("word", word[prefix.end() :], index + prefix.end()))
-            elif word in _OPERATORS:
-                tokens.append(_Token("op", word, index))
-            elif word == "NOT":
-                raise KeywordSyntaxError("NOT is not an operator, use ANDNOT", index)
-            else:
-                tokens.append(_Token("word", word, index))
-            index = end
+            tokens.extend(_word_tokens(lexeme.group(), index))
     return tokens
 
 
-def _scan(source: str, index: int, *, stop: str, stop_at_space: bool = False) -> int:
-    # A backslash escapes the next character, so Schr\"{o}dinger is one word, not a quote.
-    length = len(source)
-    while index < length:
-        char = source[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char in stop or (stop_at_space and char.isspace()):
-            return index
-        index += 1
-    return length
+def _word_tokens(word: str, index: int) -> list[_Token]:
+    prefix = _FIELD_PREFIX.match(word)
+    # "testing: a survey" is a phrase; "foo:bar" and "ti: graph" name fields.
+    if prefix and (prefix.group(1).lower() in _FIELDS or prefix.end() < len(word)):
+        name = prefix.group(1).lower()
+        if name not in _FIELDS:
+            raise KeywordSyntaxError(f"unknown field '{prefix.group()}'", index)
+        field_token = _Token("field", name, index)
+        if prefix.end() == len(word):
+            return [field_token]
+        return [field_token, _Token("word", word[prefix.end() :], index + prefix.end())]
+    if word in _OPERATORS:
+        return [_Token("op", word, index)]
+    if word == "NOT":
+        raise KeywordSyntaxError("NOT is not an operator, use ANDNOT", index)
+    return [_Token("word", word, index)]
 
 
 class _Parser:
@@ -502,7 +512,7 @@ def _make_term(scope: str, words: list[tuple[str, int]]) -> Term:
         if not valid.fullmatch(category):
             raise KeywordSyntaxError(f"invalid category '{display}'", start)
         return Term("cat", category, prefix, text=display)
-    pattern = _phrase_pattern(fold_text(body), singularise=scope != "au" and not prefix)
+    pattern = _phrase_pattern(fold_text(body), scope != "au" and not prefix)
     if pattern is None:
         raise KeywordSyntaxError(f"term '{display}' has no letters or digits", start)
     if prefix and len(pattern.text) < MIN_PREFIX_LENGTH:
@@ -519,6 +529,8 @@ def parse_keyword(keyword: str) -> Expr:
         raise KeywordSyntaxError(f"keyword longer than {MAX_KEYWORD_LENGTH} characters", MAX_KEYWORD_LENGTH)
     if not keyword.strip():
         raise KeywordSyntaxError("empty keyword", 0)
+    if not _SYNTAX.search(keyword):  # a plain phrase, as most keywords are
+        return _make_term("text", [(" ".join(keyword.split()), len(keyword) - len(keyword.lstrip()))])
     return _Parser(_tokenize(keyword)).parse()
 
 
@@ -576,8 +588,8 @@ class Match(Generic[K]):
     terms: frozenset[str]
 
 
-# (paper key, matched terms) for every paper a keyword selected, in the order given.
-KeywordHits = tuple[tuple[str, frozenset[str]], ...]
+# Paper key -> matched terms, for every paper a keyword selected, in the order given.
+KeywordHits = Mapping[str, frozenset[str]]
 
 _TITLE, _ABSTRACT, _AUTHORS = 1, 2, 4
 _SCOPE_FIELDS = {"text": _TITLE | _ABSTRACT, "ti": _TITLE, "abs": _ABSTRACT, "au": _AUTHORS}
@@ -588,6 +600,20 @@ _Predicate = Callable[[set[int]], bool]
 
 def _any_present(term_ids: frozenset[int]) -> _Predicate:
     return lambda present: not term_ids.isdisjoint(present)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    # Building the index and a day's selections creates some 10^5 long-lived objects and no
+    # reference cycles, and meanwhile CPython's cycle collector would walk the whole heap
+    # several times: a third of the run time. Pause it, and leave it as it was found.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class KeywordIndex(Generic[K]):
@@ -605,11 +631,20 @@ class KeywordIndex(Generic[K]):
         self._predicates: list[_Predicate | None] = []  # None: the expression is one term
         self._positives: list[frozenset[int]] = []  # terms not under an ANDNOT, to highlight
         self._expr_ids: dict[Expr, int] = {}
-        self._slots: list[list[tuple[K, int]]] = []  # expression id -> (subscriber, position)
+        self._slots: list[list[tuple[K, int]]] | None = None  # expression -> (subscriber, position)
         self._profiles: dict[K, list[int | None]] = {}
         self._categories: dict[tuple[str, bool], list[int]] = defaultdict(list)
         self._automaton: ahocorasick.Automaton | None = None
+        self._entries: list[tuple[_Entry, ...]] = []  # automaton pattern id -> its terms
+        self._field_patterns: dict[int, frozenset[int]] = {}  # field -> patterns searched in it
+        self._prefix_patterns: set[int] = set()  # patterns with a prefix term (transform*)
         self._fields = 0  # which paper fields any term looks at
+        # Filled once all profiles are in, shaped for the per-paper loop: term id -> (its
+        # single-term expression, label) or None; term id -> compound expressions; and the
+        # terms that have any compound expression at all.
+        self._alone_hits: list[tuple[int, frozenset[str]] | None] = []
+        self._compound: list[tuple[int, ...]] = []
+        self._in_compound: frozenset[int] = frozenset()
         self._labels: dict[frozenset[int], frozenset[str]] = {}
         self._match_cache: dict[tuple[int, frozenset[str]], tuple[Match[K], ...]] = {}
         self.invalid: list[tuple[K, int, KeywordSyntaxError]] = []
@@ -617,28 +652,36 @@ class KeywordIndex(Generic[K]):
     @classmethod
     def build(cls, profiles: Iterable[tuple[K, Sequence[str]]]) -> KeywordIndex[K]:
         """Compile all profiles; keywords that do not parse are skipped and listed in `invalid`."""
-        index: KeywordIndex[K] = cls()
+        with _collector_paused():
+            return cls()._add_profiles(profiles)
+
+    def _add_profiles(self, profiles: Iterable[tuple[K, Sequence[str]]]) -> KeywordIndex[K]:
         parsed: dict[str, int | KeywordSyntaxError] = {}
         for subscriber, keywords in profiles:
-            if subscriber in index._profiles:
+            if subscriber in self._profiles:
                 raise ValueError(f"subscriber {subscriber!r} appears twice")
             expr_ids: list[int | None] = []
             for position, keyword in enumerate(keywords):
                 if keyword not in parsed:
                     try:
-                        parsed[keyword] = index._add_expr(parse_keyword(keyword.strip()))
+                        parsed[keyword] = self._add_expr(parse_keyword(keyword.strip()))
                     except KeywordSyntaxError as error:
                         parsed[keyword] = error
                 compiled = parsed[keyword]
                 if isinstance(compiled, KeywordSyntaxError):
-                    index.invalid.append((subscriber, position, compiled))
+                    self.invalid.append((subscriber, position, compiled))
                     expr_ids.append(None)
                     continue
-                index._slots[compiled].append((subscriber, position))
                 expr_ids.append(compiled)
-            index._profiles[subscriber] = expr_ids
-        index._compile_automaton()
-        return index
+            self._profiles[subscriber] = expr_ids
+        self._compile_automaton()
+        self._alone_hits = [
+            None if expr_id < 0 else (expr_id, label)
+            for expr_id, label in zip(self._term_alone, self._single_labels, strict=True)
+        ]
+        self._compound = [tuple(expr_ids) for expr_ids in self._term_compound]
+        self._in_compound = frozenset(term_id for term_id, found in enumerate(self._compound) if found)
+        return self
 
     def _add_expr(self, expr: Expr) -> int:
         # Identical expressions (also "Multi-Agent" vs "multi agent") share one entry.
@@ -646,7 +689,6 @@ class KeywordIndex(Generic[K]):
         if expr_id is None:
             expr_id = len(self._predicates)
             self._expr_ids[expr] = expr_id
-            self._slots.append([])
             if isinstance(expr, Term):
                 term_id = self._add_term(expr)
                 self._term_alone[term_id] = expr_id
@@ -718,7 +760,7 @@ class KeywordIndex(Generic[K]):
         return min(rarity(self._terms[term_id]) for term_id in term_ids)
 
     def _compile_automaton(self) -> None:
-        entries: dict[str, list[tuple[int, int, int, frozenset[int]]]] = defaultdict(list)
+        by_pattern: dict[str, list[_Entry]] = defaultdict(list)
         for term_id, term in enumerate(self._terms):
             if term.scope == "cat":
                 self._categories[(term.pattern, term.prefix)].append(term_id)
@@ -726,43 +768,71 @@ class KeywordIndex(Generic[K]):
             fields = _SCOPE_FIELDS[term.scope]
             self._fields |= fields
             mode = _PREFIX if term.prefix else _EXACT if term.scope == "au" else _PLURAL
-            entries[term.pattern].append((term_id, fields, mode, term.splits))
-        if not entries:
+            by_pattern[term.pattern].append((term_id, fields, mode, term.splits))
+        if not by_pattern:
             return
         automaton = ahocorasick.Automaton()
-        for pattern, pattern_entries in entries.items():
-            automaton.add_word(pattern, (len(pattern), tuple(pattern_entries)))
+        field_patterns: dict[int, set[int]] = {_TITLE: set(), _ABSTRACT: set(), _AUTHORS: set()}
+        for pattern_id, (pattern, entries) in enumerate(by_pattern.items()):
+            automaton.add_word(pattern, (len(pattern), pattern_id))
+            self._entries.append(tuple(entries))
+            for _, fields, mode, _ in entries:
+                for field_bit, patterns in field_patterns.items():
+                    if fields & field_bit:
+                        patterns.add(pattern_id)
+                if mode == _PREFIX:
+                    self._prefix_patterns.add(pattern_id)
+        self._field_patterns = {field_bit: frozenset(patterns) for field_bit, patterns in field_patterns.items()}
         automaton.make_automaton()
         self._automaton = automaton
 
     def _present_terms(self, paper: PaperText) -> set[int]:
         present: set[int] = set()
-        automaton = self._automaton
-        if automaton is not None:
+        if self._automaton is not None:
             for field_bit, text in (
                 (_TITLE, paper.title),
                 (_ABSTRACT, paper.abstract),
                 (_AUTHORS, "; ".join(paper.authors)),
             ):
                 if field_bit & self._fields and text:
-                    self._scan_field(automaton, _stream(fold_text(text)), field_bit, present)
+                    self._scan_field(_stream(fold_text(text)), field_bit, present)
         if self._categories:
             for category in paper.categories:
                 self._scan_category(category.lower(), present)
         return present
 
-    @staticmethod
-    def _scan_field(automaton: ahocorasick.Automaton, stream: _Stream, field_bit: int, present: set[int]) -> None:
-        text, bounds = stream.text, stream.bounds
-        for last, (length, entries) in automaton.iter(text):
-            start = last - length + 1
-            # Most automaton hits sit inside longer words ("net" in "network"): drop those
-            # first, with the cheapest test.
-            if start not in bounds:
+    def _scan_field(self, stream: _Stream, field_bit: int, present: set[int]) -> None:
+        assert self._automaton is not None
+        tokens, entries = stream.tokens, self._entries
+        wanted, has_prefix = self._field_patterns[field_bit], self._prefix_patterns
+        # Comprehensions, not loops, for the per-hit work. Keep the hits that begin a word
+        # ("net" inside "network" does not) of patterns this field is searched for.
+        hits = [
+            (start, last, pattern_id)
+            for last, (length, pattern_id) in self._automaton.iter(stream.text)
+            if (start := last - length + 1) in tokens and pattern_id in wanted
+        ]
+        # A pattern found as a whole text token satisfies every term it stands for.
+        whole = {pattern_id for start, last, pattern_id in hits if tokens[start] == last + 1}
+        for pattern_id in whole:
+            present.update(term_id for term_id, fields, _, _ in entries[pattern_id] if fields & field_bit)
+        # The rest: hits ending inside a word (prefixes, plurals) and hits running across
+        # gaps (phrases), which go through the full rules.
+        text = stream.text
+        for start, last, pattern_id in hits:
+            if pattern_id in whole:
                 continue
-            for term_id, fields, mode, splits in entries:
+            rest_of_word = tokens[start] - last - 1
+            if rest_of_word > 0:
+                is_plural = rest_of_word <= 2 and text[last + 1 : tokens[start]] in _PLURAL_ENDINGS
+                if is_plural or pattern_id in has_prefix:
+                    for term_id, fields, mode, _ in entries[pattern_id]:
+                        if fields & field_bit and (mode == _PREFIX or (is_plural and mode == _PLURAL)):
+                            present.add(term_id)
+                continue
+            for term_id, fields, mode, splits in entries[pattern_id]:
                 if fields & field_bit and term_id not in present:
-                    if _match_end(stream, start, length, mode, splits) >= 0:
+                    if _match_end(stream, start, last - start + 1, mode, splits) >= 0:
                         present.add(term_id)
 
     def _scan_category(self, category: str, present: set[int]) -> None:
@@ -777,11 +847,11 @@ class KeywordIndex(Generic[K]):
     def _satisfied(self, paper: PaperText) -> list[tuple[int, frozenset[str]]]:
         """The expressions the paper satisfies, each with the words to highlight."""
         present = self._present_terms(paper)
-        alone, labels = self._term_alone, self._single_labels
-        # Most keywords are one term: no evaluation needed, and no candidate set.
-        satisfied = [(alone[term_id], labels[term_id]) for term_id in present if alone[term_id] >= 0]
-        compound = self._term_compound
-        candidates = {expr_id for term_id in present for expr_id in compound[term_id]}
+        # Most keywords are one term: their hits need no evaluation. map/filter/union keep
+        # the per-term work in C.
+        satisfied = list(filter(None, map(self._alone_hits.__getitem__, present)))
+        triggered = present & self._in_compound
+        candidates = set().union(*map(self._compound.__getitem__, triggered)) if triggered else ()
         predicates, positives = self._predicates, self._positives
         for expr_id in candidates:
             if predicates[expr_id](present):  # type: ignore[misc]  # compound: never None
@@ -794,6 +864,16 @@ class KeywordIndex(Generic[K]):
             label = self._labels[term_ids] = frozenset(self._terms[term_id].text for term_id in term_ids)
         return label
 
+    def _subscribers(self, expr_id: int) -> list[tuple[K, int]]:
+        """The (subscriber, keyword position) pairs that use an expression."""
+        if self._slots is None:  # built on first use: select() never needs them
+            self._slots = [[] for _ in self._predicates]
+            for subscriber, expr_ids in self._profiles.items():
+                for position, used in enumerate(expr_ids):
+                    if used is not None:
+                        self._slots[used].append((subscriber, position))
+        return self._slots[expr_id]
+
     def match(self, paper: PaperText) -> list[Match[K]]:
         """Return every (subscriber, keyword position, matched terms) the paper satisfies."""
         matches: list[Match[K]] = []
@@ -802,24 +882,28 @@ class KeywordIndex(Generic[K]):
             found = cache.get((expr_id, terms))
             if found is None:
                 # Matches are immutable, so one tuple serves every paper with these terms.
-                found = tuple(Match(subscriber, position, terms) for subscriber, position in self._slots[expr_id])
+                found = tuple(Match(subscriber, position, terms) for subscriber, position in self._subscribers(expr_id))
                 cache[(expr_id, terms)] = found
             matches.extend(found)
         return matches
 
     def select(self, papers: Iterable[PaperText]) -> dict[K, list[KeywordHits]]:
         """Return, per subscriber and keyword position, the papers it selected with their matched terms."""
-        hits: dict[int, list[tuple[str, frozenset[str]]]] = defaultdict(list)
-        for paper in papers:
-            key = paper.key
-            for expr_id, terms in self._satisfied(paper):
-                hits[expr_id].append((key, terms))
-        # Subscribers sharing a keyword share one (immutable) tuple of hits.
-        frozen = {expr_id: tuple(found) for expr_id, found in hits.items()}
-        return {
-            subscriber: [() if expr_id is None else frozen.get(expr_id, ()) for expr_id in expr_ids]
-            for subscriber, expr_ids in self._profiles.items()
-        }
+        # One dict per keyword expression rather than a tuple per (paper, keyword): the
+        # latter would be hundreds of thousands of objects for the garbage collector to walk.
+        with _collector_paused():
+            hits: list[dict[str, frozenset[str]]] = [{} for _ in self._predicates]
+            for paper in papers:
+                key = paper.key
+                for expr_id, terms in self._satisfied(paper):
+                    hits[expr_id][key] = terms
+            # Subscribers sharing a keyword share one read-only view of its hits.
+            views = [MappingProxyType(found) for found in hits]
+            empty: KeywordHits = MappingProxyType({})
+            return {
+                subscriber: [empty if expr_id is None else views[expr_id] for expr_id in expr_ids]
+                for subscriber, expr_ids in self._profiles.items()
+            }
 
 
 # ---------------------------------------------------------------------------------------
@@ -830,50 +914,61 @@ class KeywordIndex(Generic[K]):
 @dataclass(frozen=True, slots=True)
 class _Located:
     stream: _Stream
-    starts: list[int]  # stream offset -> first character of the original text it came from
-    ends: list[int]  # stream offset -> end of the original text it came from
+    token_starts: list[int]  # stream offset where each token starts, ascending
+    folded_starts: list[int]  # where the same token starts in the folded text
+    # Folded offset -> span of the original text it came from; None when folding kept every
+    # character in place (plain ASCII, no LaTeX).
+    starts: array[int] | None
+    ends: array[int] | None
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        """The original text behind stream offsets [start, end)."""
+        first, last = self._folded(start), self._folded(end - 1)
+        if self.starts is None or self.ends is None:
+            return first, last + 1
+        return self.starts[first], self.ends[last]
+
+    def _folded(self, offset: int) -> int:
+        token = bisect_right(self.token_starts, offset) - 1
+        return self.folded_starts[token] + offset - self.token_starts[token]
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)
 def _fold_char(char: str) -> str:
     return _fold_plain(char)
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _locate(text: str) -> _Located:
-    # Fold character by character, remembering where each folded character came from; a
-    # rendered LaTeX snippet maps as a whole to its source span.
-    folded: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
+    has_latex = any(marker in text for marker in _LATEX_MARKERS)
+    starts: array[int] | None = None
+    ends: array[int] | None = None
+    if text.isascii() and not has_latex:
+        folded_text = _fold_plain(text)  # lowercase only: offsets do not move
+    else:
+        # Fold character by character, remembering where each folded character came from;
+        # a rendered LaTeX snippet maps as a whole to its source span.
+        folded: list[str] = []
+        starts, ends = array("l"), array("l")
 
-    def add_plain(begin: int, end: int) -> None:
-        for offset in range(begin, end):
-            for char in _fold_char(text[offset]):
-                folded.append(char)
-                starts.append(offset)
-                ends.append(offset + 1)
+        def add(chars: str, begin: int, end: int) -> None:
+            folded.append(chars)
+            starts.extend([begin] * len(chars))
+            ends.extend([end] * len(chars))
 
-    position = 0
-    if any(marker in text for marker in _LATEX_MARKERS):
-        for island in _LATEX_ISLAND.finditer(text):
-            add_plain(position, island.start())
-            for char in _fold_plain(_render_island(island)):
-                folded.append(char)
-                starts.append(island.start())
-                ends.append(island.end())
+        position = 0
+        for island in _LATEX_ISLAND.finditer(text) if has_latex else ():
+            for offset in range(position, island.start()):
+                add(_fold_char(text[offset]), offset, offset + 1)
+            add(_fold_plain(_render_island(island)), island.start(), island.end())
             position = island.end()
-    add_plain(position, len(text))
-    folded_text = "".join(folded)
+        for offset in range(position, len(text)):
+            add(_fold_char(text[offset]), offset, offset + 1)
+        folded_text = "".join(folded)
     stream = _stream(folded_text)
-    # The stream keeps the folded token characters in order, plus one marker per hard gap.
-    token_offsets = iter([m.start() for m in _TOKEN_CHAR.finditer(folded_text)])
-    source = [-1 if char == _HARD else next(token_offsets) for char in stream.text]
-    return _Located(
-        stream,
-        [starts[i] if i >= 0 else -1 for i in source],
-        [ends[i] if i >= 0 else -1 for i in source],
-    )
+    parts = (_ASCII_TOKEN_SPLIT if folded_text.isascii() else _TOKEN_SPLIT).split(folded_text)
+    folded_starts = list(accumulate(map(len, parts)))[0:-1:2]
+    return _Located(stream, list(stream.tokens), folded_starts, starts, ends)
 
 
 @lru_cache(maxsize=4096)
@@ -884,7 +979,7 @@ def _highlight_pattern(term: str) -> tuple[_Pattern, int] | None:
         phrase = phrase[prefix.end() :].strip()
     phrase = phrase.strip(_QUOTES)
     is_prefix = phrase.endswith("*")
-    pattern = _phrase_pattern(fold_text(phrase.rstrip("*")), singularise=not is_prefix)
+    pattern = _phrase_pattern(fold_text(phrase.rstrip("*")), not is_prefix)
     if pattern is None or (is_prefix and len(pattern.text) < MIN_PREFIX_LENGTH):
         return None
     return pattern, _PREFIX if is_prefix else _PLURAL
@@ -901,12 +996,12 @@ def highlight_spans(text: str, terms: Iterable[str]) -> list[tuple[int, int]]:
     for pattern, mode in patterns:
         start = stream.text.find(pattern.text)
         while start != -1:
-            if _is_bound(stream, start):
+            if start in stream.tokens:
                 end = _match_end(stream, start, len(pattern.text), mode, pattern.splits)
                 if end >= 0:
                     while mode == _PREFIX and not _is_bound(stream, end):
                         end += 1  # mark the whole word, not just the prefix
-                    spans.append((located.starts[start], located.ends[end - 1]))
+                    spans.append(located.original_span(start, end))
             start = stream.text.find(pattern.text, start + 1)
     spans.sort()
     merged: list[tuple[int, int]] = []
