@@ -95,7 +95,6 @@ _LATEX_ISLAND = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-_LATEX_MARKERS = ("\\", "$", "{")
 _UNESCAPED_PERCENT = re.compile(r"(?<!\\)%")
 _LATEX = LatexNodes2Text()
 
@@ -105,7 +104,7 @@ def _build_fold_table() -> dict[int, str | None]:
     # Cyrillic text uses, and scanning it once at import takes a few milliseconds.
     table: dict[int, str | None] = {code: None for code in range(0x10000) if unicodedata.combining(chr(code))}
     # Letters NFKD leaves alone although people write them without the stroke.
-    table.update(str.maketrans("øłđðħŧı", "olddhti"))
+    table.update({ord(stroked): plain for stroked, plain in zip("øłđðħŧı", "olddhti", strict=True)})
     table.update({ord("æ"): "ae", ord("œ"): "oe", ord("þ"): "th"})
     # "~" is LaTeX's non-breaking space; control characters would collide with the
     # stream's hard-gap marker.
@@ -138,7 +137,7 @@ def _fold_plain(text: str) -> str:
 
 def fold_text(text: str) -> str:
     """Return `text` with LaTeX rendered, accents stripped and case folded, for matching."""
-    if any(marker in text for marker in _LATEX_MARKERS):
+    if "\\" in text or "$" in text or "{" in text:
         text = _LATEX_ISLAND.sub(_render_island, text)
     return _fold_plain(text)
 
@@ -227,10 +226,10 @@ _Entry = tuple[int, int, int, frozenset[int]]
 def _match_end(stream: _Stream, start: int, length: int, mode: int, splits: frozenset[int]) -> int:
     """Return where a hit of a pattern at `start` ends, or -1 when the rules reject it."""
     end = start + length
-    if mode != _PREFIX and not _is_bound(stream, end):
+    text, tokens = stream.text, stream.tokens
+    if mode != _PREFIX and end not in tokens and end < len(text) and text[end] != _HARD:
         if mode != _PLURAL:
             return -1
-        text = stream.text
         if text.startswith("s", end) and _is_bound(stream, end + 1):
             end += 1
         elif text.startswith("es", end) and _is_bound(stream, end + 2):
@@ -247,8 +246,7 @@ def _match_end(stream: _Stream, start: int, length: int, mode: int, splits: froz
     return end
 
 
-@dataclass(frozen=True, slots=True)
-class _Pattern:
+class _Pattern(NamedTuple):
     text: str  # canonical: folded tokens concatenated, last word singularised
     splits: frozenset[int]  # offsets where a whitespace gap in the text is acceptable
 
@@ -309,7 +307,7 @@ class ProfileError(ValueError):
         self.problems = problems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Term:
     """One searchable unit: a phrase in some fields, or a category."""
 
@@ -320,7 +318,7 @@ class Term:
     text: str = field(default="", compare=False)  # as the subscriber wrote it, for display
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class And:
     """Both sides match."""
 
@@ -328,7 +326,7 @@ class And:
     right: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AndNot:
     """The left side matches and the right side does not."""
 
@@ -336,7 +334,7 @@ class AndNot:
     right: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Or:
     """Any option matches."""
 
@@ -606,7 +604,8 @@ def _any_present(term_ids: frozenset[int]) -> _Predicate:
 def _collector_paused() -> Iterator[None]:
     # Building the index and a day's selections creates some 10^5 long-lived objects and no
     # reference cycles, and meanwhile CPython's cycle collector would walk the whole heap
-    # several times: a third of the run time. Pause it, and leave it as it was found.
+    # several times (up to a third of the build time, measured). Pause it, and leave it as
+    # it was found.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -637,7 +636,8 @@ class KeywordIndex(Generic[K]):
         self._automaton: ahocorasick.Automaton | None = None
         self._entries: list[tuple[_Entry, ...]] = []  # automaton pattern id -> its terms
         self._field_patterns: dict[int, frozenset[int]] = {}  # field -> patterns searched in it
-        self._prefix_patterns: set[int] = set()  # patterns with a prefix term (transform*)
+        # Field -> (all terms, prefix terms, plural-accepting terms) of each pattern id.
+        self._field_terms: dict[int, tuple[list[tuple[int, ...]], ...]] = {}
         self._fields = 0  # which paper fields any term looks at
         # Filled once all profiles are in, shaped for the per-paper loop: term id -> (its
         # single-term expression, label) or None; term id -> compound expressions; and the
@@ -772,19 +772,24 @@ class KeywordIndex(Generic[K]):
         if not by_pattern:
             return
         automaton = ahocorasick.Automaton()
-        field_patterns: dict[int, set[int]] = {_TITLE: set(), _ABSTRACT: set(), _AUTHORS: set()}
-        for pattern_id, (pattern, entries) in enumerate(by_pattern.items()):
+        for pattern_id, (pattern, pattern_entries) in enumerate(by_pattern.items()):
             automaton.add_word(pattern, (len(pattern), pattern_id))
-            self._entries.append(tuple(entries))
-            for _, fields, mode, _ in entries:
-                for field_bit, patterns in field_patterns.items():
-                    if fields & field_bit:
-                        patterns.add(pattern_id)
-                if mode == _PREFIX:
-                    self._prefix_patterns.add(pattern_id)
-        self._field_patterns = {field_bit: frozenset(patterns) for field_bit, patterns in field_patterns.items()}
+            self._entries.append(tuple(pattern_entries))
         automaton.make_automaton()
         self._automaton = automaton
+        # Per field, per pattern: the terms a hit can satisfy at once, when it is a whole
+        # token, when it ends inside a word (prefixes) and when a plural ending follows.
+        for field_bit in (_TITLE, _ABSTRACT, _AUTHORS):
+            every: list[tuple[int, ...]] = []
+            prefixes: list[tuple[int, ...]] = []
+            plurals: list[tuple[int, ...]] = []
+            for entries in self._entries:
+                in_field = [entry for entry in entries if entry[1] & field_bit]
+                every.append(tuple(entry[0] for entry in in_field))
+                prefixes.append(tuple(entry[0] for entry in in_field if entry[2] == _PREFIX))
+                plurals.append(tuple(entry[0] for entry in in_field if entry[2] == _PLURAL))
+            self._field_patterns[field_bit] = frozenset(i for i, found in enumerate(every) if found)
+            self._field_terms[field_bit] = (every, prefixes, plurals)
 
     def _present_terms(self, paper: PaperText) -> set[int]:
         present: set[int] = set()
@@ -803,33 +808,33 @@ class KeywordIndex(Generic[K]):
 
     def _scan_field(self, stream: _Stream, field_bit: int, present: set[int]) -> None:
         assert self._automaton is not None
-        tokens, entries = stream.tokens, self._entries
-        wanted, has_prefix = self._field_patterns[field_bit], self._prefix_patterns
+        tokens, text = stream.tokens, stream.text
         # Comprehensions, not loops, for the per-hit work. Keep the hits that begin a word
         # ("net" inside "network" does not) of patterns this field is searched for.
+        wanted = self._field_patterns[field_bit]
         hits = [
             (start, last, pattern_id)
-            for last, (length, pattern_id) in self._automaton.iter(stream.text)
+            for last, (length, pattern_id) in self._automaton.iter(text)
             if (start := last - length + 1) in tokens and pattern_id in wanted
         ]
+        if not hits:
+            return
         # A pattern found as a whole text token satisfies every term it stands for.
+        all_terms, prefix_terms, plural_terms = self._field_terms[field_bit]
         whole = {pattern_id for start, last, pattern_id in hits if tokens[start] == last + 1}
-        for pattern_id in whole:
-            present.update(term_id for term_id, fields, _, _ in entries[pattern_id] if fields & field_bit)
-        # The rest: hits ending inside a word (prefixes, plurals) and hits running across
-        # gaps (phrases), which go through the full rules.
-        text = stream.text
+        if whole:
+            present.update(*map(all_terms.__getitem__, whole))
+        entries = self._entries
         for start, last, pattern_id in hits:
             if pattern_id in whole:
                 continue
-            rest_of_word = tokens[start] - last - 1
-            if rest_of_word > 0:
-                is_plural = rest_of_word <= 2 and text[last + 1 : tokens[start]] in _PLURAL_ENDINGS
-                if is_plural or pattern_id in has_prefix:
-                    for term_id, fields, mode, _ in entries[pattern_id]:
-                        if fields & field_bit and (mode == _PREFIX or (is_plural and mode == _PLURAL)):
-                            present.add(term_id)
+            token_end = tokens[start]
+            if token_end > last:  # the hit ends inside a word: a prefix, or a plural
+                present.update(prefix_terms[pattern_id])
+                if token_end - last <= 3 and text[last + 1 : token_end] in _PLURAL_ENDINGS:
+                    present.update(plural_terms[pattern_id])
                 continue
+            # The hit runs across gaps (a phrase): the full rules.
             for term_id, fields, mode, splits in entries[pattern_id]:
                 if fields & field_bit and term_id not in present:
                     if _match_end(stream, start, last - start + 1, mode, splits) >= 0:
@@ -940,7 +945,7 @@ def _fold_char(char: str) -> str:
 
 @lru_cache(maxsize=256)
 def _locate(text: str) -> _Located:
-    has_latex = any(marker in text for marker in _LATEX_MARKERS)
+    has_latex = "\\" in text or "$" in text or "{" in text
     starts: array[int] | None = None
     ends: array[int] | None = None
     if text.isascii() and not has_latex:

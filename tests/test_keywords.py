@@ -63,7 +63,7 @@ def selected(keyword: str, papers: Sequence[PaperText]) -> set[str]:
 
 
 def paper(title: str = "", abstract: str = "", **fields: Sequence[str]) -> PaperText:
-    return PaperText(key="2601.00001", title=title, abstract=abstract, **fields)  # type: ignore[arg-type]
+    return PaperText(key="2601.00001", title=title, abstract=abstract, **fields)
 
 
 def matches(keyword: str, title: str = "", abstract: str = "", **fields: Sequence[str]) -> bool:
