@@ -170,7 +170,7 @@ def main() -> None:
     broker.flushdb()
     workers: subprocess.Popen | None = None
     try:
-        with ArxivServer() as arxiv_server, DeepLServer(auth_key=DEEPL_KEY) as deepl_server, CountingSink() as sink:
+        with ArxivServer() as arxiv_server, DeepLServer(auth_key=DEEPL_KEY, character_limit=10**10) as deepl_server, CountingSink() as sink:
             papers = make_papers(args.papers, rng)
             arxiv_server.add_papers(*papers)
             arxiv_server.set_feed(CATEGORIES, build_feed(DAY, papers, categories=CATEGORIES))
