@@ -170,7 +170,8 @@ def main() -> None:
     broker.flushdb()
     workers: subprocess.Popen | None = None
     try:
-        with ArxivServer() as arxiv_server, DeepLServer(auth_key=DEEPL_KEY, character_limit=10**10) as deepl_server, CountingSink() as sink:
+        deepl = DeepLServer(auth_key=DEEPL_KEY, character_limit=10**10)
+        with ArxivServer() as arxiv_server, deepl as deepl_server, CountingSink() as sink:
             papers = make_papers(args.papers, rng)
             arxiv_server.add_papers(*papers)
             arxiv_server.set_feed(CATEGORIES, build_feed(DAY, papers, categories=CATEGORIES))
