@@ -664,21 +664,3 @@ def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, st
         )
         for subscriber_id, address in rows
     ]
-
-
-def build_confirmation_message(settings: Settings, recipient: str, link: str) -> EmailMessage:
-    """The double opt-in mail: one link that opens a page with a confirm button."""
-    message = EmailMessage(policy=MESSAGE_POLICY)
-    message["Subject"] = "Confirm your arXiv digest subscription / 确认订阅 arXiv 每日速递"
-    message["From"] = Address(display_name=header_text(settings.from_name), addr_spec=settings.from_address)
-    message["To"] = Address(addr_spec=recipient)
-    message["Date"] = format_datetime(dt.datetime.now(dt.UTC))
-    message["Message-ID"] = make_msgid(domain=_domain(settings.from_address))
-    message["X-Digest-Day"] = "confirmations"
-    message.set_content(
-        "Confirm your subscription to the arXiv digest by opening this link (valid for 7 days):\n"
-        f"{link}\n\n请打开上面的链接确认订阅(7 天内有效)。\n\n"
-        "If you did not ask for this, ignore this message: nothing will be sent.\n",
-        charset="utf-8",
-    )
-    return message

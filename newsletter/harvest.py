@@ -132,20 +132,6 @@ class DayHarvest:
         }
 
 
-@dataclass
-class HarvestResult:
-    """What a harvest stored for a day."""
-
-    day: dt.date | None
-    announced: int = 0
-    replaced: int = 0
-    from_feed_only: list[str] = field(default_factory=list)
-
-    @property
-    def has_announcement(self) -> bool:
-        return self.day is not None and self.announced > 0
-
-
 # ---------------------------------------------------------------------------------------------
 # identifiers, text, announcement calendar
 # ---------------------------------------------------------------------------------------------
@@ -800,23 +786,6 @@ def last_harvested_before(session: Session, day: dt.date) -> dt.date | None:
     return session.scalar(
         select(Run.day).where(Run.harvested_at.is_not(None), Run.day < day).order_by(Run.day.desc()).limit(1)  # type: ignore[union-attr]
     )
-
-
-def harvest(session: Session, feed_source: FeedSource, details_source: DetailsSource) -> HarvestResult:
-    """Read the feed, fetch details, store papers and the day's announcements (caller commits)."""
-    feed = read_feed(feed_source)
-    if not feed.has_announcement:
-        return HarvestResult(day=None)
-    day = collect_feed_day(session, feed, details_source)
-    store_day(session, day)
-    return HarvestResult(
-        day=day.day, announced=len(day.announcements), replaced=day.replaced, from_feed_only=day.from_feed_only
-    )
-
-
-def announced_ids(session: Session, day: dt.date) -> Iterable[str]:
-    """IDs announced as new or cross-listed on `day`."""
-    return session.scalars(select(Announcement.arxiv_id).where(Announcement.day == day))
 
 
 def harvest_range(

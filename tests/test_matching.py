@@ -38,7 +38,8 @@ def selected(session: Session, day: dt.date) -> dict[str, list[tuple[str, int]]]
 def test_each_subscriber_gets_the_papers_their_keywords_match_under_the_first_keyword(session: Session) -> None:
     ada = subscribe(session, "ada@example.org", ["diffusion policy", "reinforcement learning"], confirmed=True)
     bob = subscribe(session, "bob@example.org", ["cat:cs.RO", "multi-agent"], confirmed=True)
-    subscribe(session, "paused@example.org", ["reinforcement learning"], confirmed=True).status = SubscriberStatus.PAUSED
+    paused = subscribe(session, "paused@example.org", ["reinforcement learning"], confirmed=True)
+    paused.status = SubscriberStatus.PAUSED
     announce(session, TUESDAY, "2611.00001", "A Diffusion Policy for Robot Reinforcement-Learning",
              "We train diffusion policies with reinforcement learning.", categories=("cs.RO", "cs.LG"))
     announce(session, TUESDAY, "2611.00002", "Multiagent coordination", "A study of multi agent systems.")
