@@ -12,7 +12,13 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import RunStatus
-from newsletter.pipeline import end_run, latest_announcement_day, open_run, production_transports
+from newsletter.pipeline import (
+    NO_ANNOUNCEMENT_REASON,
+    end_run,
+    latest_announcement_day,
+    open_run,
+    production_transports,
+)
 
 TRIGGER_LOCK = "newsletter:lock:trigger"
 TRIGGER_LOCK_SECONDS = 120
@@ -54,7 +60,7 @@ def start_day(
         if day is None:
             day = latest_announcement_day(production_transports(settings).feed)
             if day is None:
-                return StartedDay(None, False, "arXiv made no announcement (weekend or holiday)")
+                return StartedDay(None, False, NO_ANNOUNCEMENT_REASON)
         if not open_run(session, day, reopen_finished):
             return StartedDay(day, False, "a run of this day is in progress or done")
         try:
