@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     web_rate_limit_prefix: str = "newsletter-web"
     web_max_body_bytes: int = Field(64 * 1024, ge=1024)
 
+    # Processes the match stage scans papers in (forked, for a large day); 1 keeps it in one.
+    match_processes: int = Field(2, ge=1, le=64)
+
     # The service (Celery workers and beat); see README "Running the full service".
     delivery_chunk_size: int = Field(200, ge=1, le=10_000)
     celery_visibility_timeout_seconds: float = Field(3600.0, gt=0)

@@ -57,8 +57,11 @@ def paper_text(paper: Paper) -> PaperText:
     )
 
 
-def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
-    """Replace the day's selections with what every profile matches (caller commits)."""
+def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) -> MatchResult:
+    """Replace the day's selections with what every profile matches (caller commits).
+
+    `processes` > 1 lets the engine scan shares of the papers in forked processes.
+    """
     profiles = load_profiles(session)
     index = KeywordIndex.build(profiles.items())
     papers = session.scalars(
@@ -75,23 +78,26 @@ def select_papers_for_day(session: Session, day: dt.date) -> MatchResult:
     # A digest already claimed for this day keeps the selection it was built from.
     claimed = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
     chosen: dict[tuple[int, str], dict] = {}
-    for paper in papers:
-        for match in index.match(paper_text(paper)):
-            key = (match.subscriber, paper.arxiv_id)
-            if key in already_sent or match.subscriber in claimed:
-                continue
-            existing = chosen.get(key)
-            if existing is None:
-                chosen[key] = {
-                    "day": day,
-                    "subscriber_id": match.subscriber,
-                    "arxiv_id": paper.arxiv_id,
-                    "keyword_position": match.position,
-                    "terms": sorted(match.terms),
-                }
-            else:
-                existing["keyword_position"] = min(existing["keyword_position"], match.position)
-                existing["terms"] = sorted(set(existing["terms"]) | match.terms)
+    for subscriber, sections in index.select(map(paper_text, papers), processes).items():
+        if subscriber in claimed:
+            continue
+        # A paper goes under the first keyword that found it, with every keyword's words.
+        for position, hits in enumerate(sections):
+            for arxiv_id, terms in hits.items():
+                key = (subscriber, arxiv_id)
+                if key in already_sent:
+                    continue
+                existing = chosen.get(key)
+                if existing is None:
+                    chosen[key] = {
+                        "day": day,
+                        "subscriber_id": subscriber,
+                        "arxiv_id": arxiv_id,
+                        "keyword_position": position,
+                        "terms": sorted(terms),
+                    }
+                else:
+                    existing["terms"] = sorted(set(existing["terms"]) | terms)
     session.execute(
         delete(Selection).where(
             Selection.day == day,

@@ -343,10 +343,10 @@ def harvest_day(
     return announced_day, stats
 
 
-def match_day(session: Session, day: dt.date) -> MatchResult:
+def match_day(session: Session, settings: Settings, day: dt.date) -> MatchResult:
     """Select every subscriber's papers for the day and record the counts."""
     started = time.perf_counter()
-    match = select_papers_for_day(session, day)
+    match = select_papers_for_day(session, day, settings.match_processes)
     session.commit()
     record_stage(session, day, "match", vars(match), time.perf_counter() - started)
     return match
@@ -508,7 +508,7 @@ def deliver_harvested_day(
     """Match, translate and deliver a harvested day in this process, then complete its run."""
     open_run(session, day, reopen_finished=True)
     stats: dict[str, Any] = {
-        "match": vars(match_day(session, day)),
+        "match": vars(match_day(session, settings, day)),
         "translate": vars(translate_day(session, settings, transports.translator, day)),
     }
     delivery = DeliveryResult()

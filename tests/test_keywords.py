@@ -12,6 +12,7 @@ from newsletter.keywords import (
     MAX_KEYWORDS,
     And,
     AndNot,
+    KeywordHits,
     KeywordIndex,
     KeywordSyntaxError,
     Match,
@@ -98,6 +99,25 @@ def test_trailing_plural_s_matches_both_ways() -> None:
     assert matches("graph neural networks", title="A Graph Neural Network for Molecules")
     assert matches("process", abstract="Gaussian processes")
     assert not matches("graph neural network", title="Graph Neural Networking stack")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "text", "expected"),
+    [
+        ("diffusion policy", "Diffusion Policies for Manipulation", True),
+        ("diffusion policies", "a diffusion policy for manipulation", True),
+        ("diffusion policies", "diffusion policies for manipulation", True),
+        ("party", "multi-party computation with many parties", True),
+        ("part", "a party of three", False),  # only English plural endings, not any letters
+        ("strategy", "search strategies", True),
+        ("movies", "a movie recommender", True),  # not "movy"
+        ("species", "one species of bird", True),
+        ("approaches", "a new approach", True),
+        ("approach", "two approaches", True),
+    ],
+)
+def test_english_plurals_match_both_ways(keyword: str, text: str, expected: bool) -> None:
+    assert matches(keyword, abstract=text) is expected
 
 
 @pytest.mark.parametrize(
@@ -312,6 +332,29 @@ def test_selection_lists_every_keyword_even_without_papers() -> None:
     assert (subscriber, position, error.message) == ("ann", 2, "operator AND needs a term after it")
 
 
+def test_forked_processes_select_exactly_what_one_process_selects(testing_papers: list[PaperText]) -> None:
+    # Six copies of the 100 real entries, so that two processes get a share each.
+    papers = [
+        PaperText(f"{copy}-{p.key}", p.title, p.abstract, p.authors, p.categories)
+        for copy in range(6)
+        for p in testing_papers
+    ]
+    profiles = [
+        ("ann", ["metamorphic testing", "ti:hypothesis testing", "fuzz*"]),
+        ("bob", ["group testing ANDNOT DNA", "cat:cs.RO", 'au:"Arnaud Gotlieb" AND cat:cs.AI']),
+        ("cy", ["smart contracts OR petri nets", "RL"]),
+    ]
+    index = KeywordIndex.build(profiles)
+
+    def as_lists(selection: dict[str, list[KeywordHits]]) -> dict[str, list[list[tuple[str, frozenset[str]]]]]:
+        return {subscriber: [list(hits.items()) for hits in sections] for subscriber, sections in selection.items()}
+
+    alone = as_lists(index.select(papers))
+    assert as_lists(index.select(papers, processes=2)) == alone
+    assert len(alone["ann"][0]) == 6 * len(selected("metamorphic testing", testing_papers)) > 0
+    assert [key for key, _ in alone["bob"][2]] == [f"{copy}-2407.18756" for copy in range(6)]
+
+
 def test_same_subscriber_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="appears twice"):
         KeywordIndex.build([("ann", ["a"]), ("ann", ["b"])])
@@ -324,6 +367,12 @@ def test_highlight_spans_cover_the_original_spelling() -> None:
     text = "Multi-agent RL with graph neural networks, not URL networking."
     spans = highlight_spans(text, ["multi agent", "RL", "graph neural network", "net"])
     assert [text[start:end] for start, end in spans] == ["Multi-agent", "RL", "graph neural networks"]
+
+
+def test_highlight_covers_plural_forms() -> None:
+    text = "Diffusion policies and search strategies."
+    spans = highlight_spans(text, ["diffusion policy", "strategies"])
+    assert [text[start:end] for start, end in spans] == ["Diffusion policies", "strategies"]
 
 
 def test_highlight_spans_are_sorted_and_merged() -> None:

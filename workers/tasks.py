@@ -127,7 +127,7 @@ def match(day: str) -> str:
     with day_session(day) as (session, date), locked_day(date, 660):
         if not stage_pending(session, date, "match"):
             return "skipped"
-        return f"{match_day(session, date).selections} selections"
+        return f"{match_day(session, settings, date).selections} selections"
 
 
 @app.task(base=DayTask, name="newsletter.translate", soft_time_limit=1800, time_limit=1900)
