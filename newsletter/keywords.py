@@ -15,11 +15,13 @@ Canonical form, shared by matching, highlighting and the benchmark's naive check
    underscores (or nothing), and *hard* otherwise (".", ",", "(", "/", ...). A text becomes a
    stream: its tokens concatenated, with nothing for a soft gap and "\\x00" for a hard one,
    plus where each token starts and ends. A keyword phrase becomes a pattern the same way,
-   its last word singularised (networks -> network): "multi-agent", "multi agent" and
-   "multiagent" are all the pattern "multiagent"; "i.i.d." keeps its hard gaps.
-3. A pattern matches where the automaton finds it in the stream starting at a token start
-   and ending at a token end, possibly after a plural "s"/"es" (anywhere, for a prefix), so
-   "net" is not found in "network", nor "RL" in "URL". It may run across a hyphen-like gap
+   its last word singularised (networks -> network, policies -> policy): "multi-agent",
+   "multi agent" and "multiagent" are all the pattern "multiagent"; "i.i.d." keeps its hard
+   gaps.
+3. A pattern, or one of its English plural forms (+s; +es after s, x, z, ch, sh, o;
+   y -> ies after a consonant), matches where the automaton finds it in the stream starting
+   at a token start and ending at a token end (anywhere, for a prefix), so "net" is not
+   found in "network", nor "RL" in "URL", nor "part" in "party". It may run across a hyphen-like gap
    anywhere, but across whitespace only where the keyword itself breaks words, or inside
    a keyword word at least three letters from either end: "data set" matches "dataset",
    while the "a i" of "a i.i.d. sample" is not "AI".

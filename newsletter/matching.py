@@ -6,7 +6,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlmodel import Session
 
 from newsletter.keywords import KeywordIndex, PaperText
@@ -110,6 +110,10 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
     for start in range(0, len(chosen), 5000):
         session.execute(insert(Selection), list(chosen.values())[start:start + 5000])
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # The next stages join these rows at once; with the statistics of the table before the
+        # insert, PostgreSQL planned a nested loop that took 30 s instead of 0.3 s on a large day.
+        session.execute(text("ANALYZE selection, subscriber"))
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(
         select(func.count(), func.count(func.distinct(Selection.subscriber_id))).where(Selection.day == day)

@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -338,16 +339,30 @@ def billed_in_month(session: Session, day: dt.date) -> int:
 # -- what to translate --------------------------------------------------------------------------
 
 
-def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -> dict[str, list[Paper]]:
+@dataclass(frozen=True)
+class SourceText:
+    """What DeepL is sent of a paper: plain values, so commits between requests reload nothing."""
+
+    arxiv_id: str
+    title: str
+    abstract: str
+
+
+def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -> dict[str, list[SourceText]]:
     """Per target language, selected papers without a translation: the day's first, most-read first."""
-    readers = func.count(func.distinct(Selection.subscriber_id))
-    rows = session.execute(
-        select(Subscriber.language, Paper, func.max(Selection.day), readers)
+    # Grouped on the narrow keys first: grouping the joined papers' abstracts as well made
+    # PostgreSQL sort a row per selection, hundreds of MB on a large day.
+    wanted = (
+        select(
+            Subscriber.language.label("language"),
+            Selection.arxiv_id.label("arxiv_id"),
+            func.max(Selection.day).label("latest"),
+            func.count(func.distinct(Selection.subscriber_id)).label("readers"),
+        )
         .join(Selection, Selection.subscriber_id == Subscriber.id)
-        .join(Paper, Paper.arxiv_id == Selection.arxiv_id)
         .outerjoin(
             Translation,
-            (Translation.arxiv_id == Paper.arxiv_id) & (Translation.language == Subscriber.language),
+            (Translation.arxiv_id == Selection.arxiv_id) & (Translation.language == Subscriber.language),
         )
         .where(
             Subscriber.status == SubscriberStatus.ACTIVE,  # only papers someone is mailed
@@ -355,38 +370,49 @@ def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -
             Selection.day >= day - dt.timedelta(days=backlog_days),
             Translation.arxiv_id.is_(None),
         )
-        .group_by(Subscriber.language, Paper.arxiv_id)
+        .group_by(Subscriber.language, Selection.arxiv_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(wanted.c.language, Paper.arxiv_id, Paper.title, Paper.abstract, wanted.c.latest, wanted.c.readers)
+        .join(Paper, Paper.arxiv_id == wanted.c.arxiv_id)
     ).all()
     language_readers: dict[str, int] = {}
-    for language, _, _, count in rows:
-        language_readers[language] = language_readers.get(language, 0) + count
-    rows.sort(key=lambda row: (-language_readers[row[0]], row[0], row[2] != day, -row[3], row[1].arxiv_id))
-    wanted: dict[str, list[Paper]] = {}
-    for language, paper, _, _ in rows:
-        if needs_translation(language):
-            wanted.setdefault(language, []).append(paper)
-    return wanted
+    for row in rows:
+        language_readers[row.language] = language_readers.get(row.language, 0) + row.readers
+    rows.sort(key=lambda row: (-language_readers[row.language], row.language, row.latest != day, -row.readers,
+                               row.arxiv_id))
+    texts: dict[str, list[SourceText]] = {}
+    for row in rows:
+        if needs_translation(row.language):
+            texts.setdefault(row.language, []).append(SourceText(row.arxiv_id, row.title, row.abstract))
+    return texts
 
 
-def paper_texts(paper: Paper) -> tuple[str, str]:
+def paper_texts(paper: SourceText | Paper) -> tuple[str, str]:
     """Title and abstract as sent to DeepL (line breaks from the API are not worth paying for)."""
     return normalize_whitespace(paper.title), normalize_whitespace(paper.abstract)
 
 
-def protected_texts(paper: Paper) -> list[str]:
+def protected_texts(paper: SourceText | Paper) -> list[str]:
     """Title and abstract exactly as the request carries them (LaTeX as placeholders, XML-escaped)."""
     return [protect_latex(text)[0] for text in paper_texts(paper)]
 
 
-def request_size(paper: Paper) -> int:
+def request_size(paper: SourceText | Paper) -> int:
     """The bytes the paper adds to a JSON request body, and an upper bound of the characters DeepL bills for it."""
+    return _request_size(paper.title, paper.abstract)
+
+
+@lru_cache(maxsize=16384)
+def _request_size(title: str, abstract: str) -> int:
     # json.dumps as the client sends it: non-ASCII as \uXXXX, so never shorter than the text itself.
-    return sum(len(json.dumps(text)) + 2 for text in protected_texts(paper))
+    return sum(len(json.dumps(text)) + 2 for text in protected_texts(SourceText("", title, abstract)))
 
 
-def request_batches(papers: list[Paper]) -> list[list[Paper]]:
+def request_batches(papers: list[SourceText]) -> list[list[SourceText]]:
     """Papers grouped into requests of at most MAX_TEXTS_PER_REQUEST texts and MAX_REQUEST_BYTES."""
-    batches: list[list[Paper]] = []
+    batches: list[list[SourceText]] = []
     size = 0
     for paper in papers:
         cost = request_size(paper)
@@ -439,7 +465,7 @@ def _translate_language(
     session: Session,
     translator: Translator,
     language: str,
-    papers: list[Paper],
+    papers: list[SourceText],
     budget: int,
     today: dt.date,
     result: TranslateResult,
@@ -475,8 +501,8 @@ def _surely_unbilled(exc: BaseException) -> bool:
     return cause.http_status_code is not None or "Failed to establish a new connection" in str(cause)
 
 
-def _prefix_within(batch: list[Paper], characters: int) -> list[Paper]:
-    kept: list[Paper] = []
+def _prefix_within(batch: list[SourceText], characters: int) -> list[SourceText]:
+    kept: list[SourceText] = []
     for paper in batch:
         characters -= request_size(paper)
         if characters < 0:
@@ -486,7 +512,7 @@ def _prefix_within(batch: list[Paper], characters: int) -> list[Paper]:
 
 
 def _store(
-    session: Session, language: str, batch: list[Paper], translated: TranslatedBatch, result: TranslateResult
+    session: Session, language: str, batch: list[SourceText], translated: TranslatedBatch, result: TranslateResult
 ) -> None:
     sizes = [request_size(paper) for paper in batch]
     rows: list[dict] = []
