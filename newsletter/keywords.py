@@ -198,7 +198,7 @@ _SEPARATORS = _SeparatorTable()
 
 @dataclass(frozen=True, slots=True)
 class _Stream:
-    text: str  # tokens joined, "\x00" where a hard gap was
+    text: str  # tokens joined, "\x00" where a hard gap was ("\x01" between title and abstract)
     tokens: dict[int, int]  # start offset of each token -> its end offset
     ends: set[int]  # end offsets of the tokens
     spaces: int  # bit i set: a whitespace gap sits before offset i
