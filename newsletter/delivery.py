@@ -40,6 +40,7 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
+from newsletter.pacing import PacingUnavailable, RedisRequestSlots, RequestPacer, reachable_redis
 from newsletter.render import Digest, DigestRenderer, RenderedDigest, load_digest
 from newsletter.tokens import LinkSigner, SubscriberLinks, subscriber_links
 
@@ -313,14 +314,24 @@ def _close(connection: smtplib.SMTP) -> None:
         pass
 
 
+def send_pace(settings: Settings) -> Callable[[], object]:
+    """What each SMTP send waits for: NEWSLETTER_SMTP_MAX_PER_SECOND to one mail server, shared by
+    every process that uses the same Redis (all the workers), or kept by this process without Redis."""
+    client = reachable_redis(settings.redis_url)
+    if client is None:
+        return Throttle(settings.smtp_max_per_second).wait
+    key = f"newsletter:smtp-send:{settings.smtp_host}:{settings.smtp_port}"
+    return RequestPacer(RedisRequestSlots(client, 1.0 / settings.smtp_max_per_second, key)).wait_turn
+
+
 class SmtpBackend:
-    """SMTP through a small pool of reused sessions, throttled to NEWSLETTER_SMTP_MAX_PER_SECOND."""
+    """SMTP through a small pool of reused sessions, paced to NEWSLETTER_SMTP_MAX_PER_SECOND (send_pace)."""
 
     def __init__(self, settings: Settings, signer: DkimSigner | None = None) -> None:
         self.settings = settings
         self.signer = signer
         self.pool = SmtpPool(self._connect, settings.smtp_pool_size)
-        self.throttle = Throttle(settings.smtp_max_per_second)
+        self.pace = send_pace(settings)
 
     def _tls_context(self) -> ssl.SSLContext:
         ca_file = self.settings.smtp_ca_file
@@ -356,7 +367,10 @@ class SmtpBackend:
         """Send one message; TemporaryDeliveryError or PermanentDeliveryError say how it failed."""
         raw = message_bytes(message, self.signer)
         recipients = [address.addr_spec for address in message["To"].addresses]
-        self.throttle.wait()
+        try:
+            self.pace()
+        except PacingUnavailable as exc:  # sending unpaced could exceed what the server allows
+            raise MailServerUnavailable(f"cannot pace sending: {exc}") from exc
         connection = self.pool.acquire()
         broken = True
         try:

@@ -29,8 +29,8 @@ from sqlmodel import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from newsletter.arxiv_rate_limit import PacingUnavailable, RequestPacer
 from newsletter.models import Announcement, AnnounceType, Paper, Run, RunStatus, utcnow
+from newsletter.pacing import PacingUnavailable, RequestPacer
 
 log = logging.getLogger(__name__)
 

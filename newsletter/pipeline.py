@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from newsletter.arxiv_rate_limit import RequestPacer, shared_request_slots
 from newsletter.config import Settings
 from newsletter.db import engine_for
 from newsletter.delivery import DeliveryResult, MailBackend, deliver_day, make_backend, recipients_for_day
@@ -49,6 +48,7 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
+from newsletter.pacing import RequestPacer, shared_request_slots
 from newsletter.render import DigestRenderer
 from newsletter.tokens import LinkSigner, signing_key
 from newsletter.translate import TranslateResult, Translator, make_translator, translate_selected

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dkim
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
@@ -28,7 +29,7 @@ from newsletter.delivery import (
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
 from newsletter.tokens import SubscriberLinks
-from tests.conftest import make_settings
+from tests.conftest import REDIS_URL, make_settings, skip_or_fail
 from tests.delivery_helpers import deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
 
@@ -227,26 +228,65 @@ def test_the_throttle_spaces_sends_evenly() -> None:
     assert now[0] == pytest.approx(1.0)  # five sends at 4 per second: at 0, 0.25, 0.5, 0.75 and 1.0 s
 
 
+def send_from_threads(backends: list[SmtpBackend], settings: Settings, per_backend: int) -> None:
+    """Each backend sends `per_backend` digests from a thread of its own, all at once."""
+    sender = Sender(settings.from_address, settings.from_name, settings.list_id)
+    rendered = RenderedDigest(subject="digest", text="papers\n", html="<p>papers</p>", preheader="")
+    links = SubscriberLinks(manage="http://x/m", unsubscribe="http://x/u", archive="http://x/a")
+
+    def send(number: int, backend: SmtpBackend) -> None:
+        for index in range(per_backend):
+            backend.send(build_message(rendered, f"w{number}-{index}@example.org", sender, links))
+
+    threads = [threading.Thread(target=send, args=(number, backend)) for number, backend in enumerate(backends)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for backend in set(backends):
+        backend.close()
+
+
+def test_the_send_rate_is_one_cap_for_all_workers_sharing_redis(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis not reachable at {REDIS_URL}: {exc}")
+    settings = make_settings(
+        "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_max_per_second=10,
+        redis_url=REDIS_URL,
+    )  # fmt: skip
+
+    # Two backends, as two worker processes have, 4 digests each: 8 sends at 10 per second in all
+    # take 0.7 s; a cap per process would let them through in 0.3 s, twice the rate asked for.
+    send_from_threads([SmtpBackend(settings), SmtpBackend(settings)], settings, per_backend=4)
+
+    arrivals = sorted(message.timestamp for message in smtp_sink.messages)
+    assert len(arrivals) == 8
+    assert arrivals[-1] - arrivals[0] >= 0.6
+
+
+def test_without_redis_each_process_keeps_the_send_rate_itself(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    settings = make_settings(
+        "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_max_per_second=10,
+        redis_url="redis://127.0.0.1:1/0",
+    )  # fmt: skip
+
+    send_from_threads([SmtpBackend(settings)], settings, per_backend=4)
+
+    arrivals = sorted(message.timestamp for message in smtp_sink.messages)
+    assert len(arrivals) == 4
+    assert arrivals[-1] - arrivals[0] >= 0.25  # 4 sends at 10 per second
+
+
 def test_threads_share_a_small_pool_of_connections(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     settings = make_settings(
         "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_pool_size=2,
         smtp_max_per_second=1000,
     )  # fmt: skip
     backend = SmtpBackend(settings)
-    sender = Sender(settings.from_address, settings.from_name, settings.list_id)
-    rendered = RenderedDigest(subject="digest", text="papers\n", html="<p>papers</p>", preheader="")
-    links = SubscriberLinks(manage="http://x/m", unsubscribe="http://x/u", archive="http://x/a")
 
-    def send_ten(thread: int) -> None:
-        for number in range(10):
-            backend.send(build_message(rendered, f"t{thread}-{number}@example.org", sender, links))
-
-    threads = [threading.Thread(target=send_ten, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    backend.close()
+    send_from_threads([backend] * 4, settings, per_backend=10)
 
     assert len(recipients(smtp_sink)) == len(set(recipients(smtp_sink))) == 40
     assert smtp_sink.connections <= 2

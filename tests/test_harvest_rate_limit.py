@@ -10,9 +10,9 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from newsletter.arxiv_rate_limit import DatabaseRequestSlots, RedisRequestSlots, RequestPacer, shared_request_slots
 from newsletter.harvest import ArxivApiSource
 from newsletter.models import RateLimitSlot
+from newsletter.pacing import DatabaseRequestSlots, RedisRequestSlots, RequestPacer, shared_request_slots
 from tests.conftest import REDIS_URL, skip_or_fail
 from tests.servers import ArxivServer, make_paper
 
@@ -101,6 +101,6 @@ def test_when_the_slot_store_goes_away_no_request_is_sent_and_the_harvest_says_w
     gone = RedisRequestSlots(redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1), DELAY)
     source = ArxivApiSource(arxiv_server.api_url, DELAY, timeout=5, retries=0, pacer=RequestPacer(gone))
 
-    with pytest.raises(HarvestError, match="cannot reserve an arXiv request slot in Redis"):
+    with pytest.raises(HarvestError, match="cannot reserve a slot for newsletter:arxiv-api in Redis"):
         source.fetch_details(["2611.00001"])
     assert arxiv_server.api_requests == []

@@ -1,4 +1,7 @@
-"""One arXiv API request every N seconds across every process: slots reserved in Redis or in a database row.
+"""One request every N seconds across every process: slots reserved in Redis or in a database row.
+
+Two things are paced this way: arXiv API requests (NEWSLETTER_ARXIV_DELAY_SECONDS, Redis or the
+database) and SMTP sends (1 / NEWSLETTER_SMTP_MAX_PER_SECOND per mail server, through Redis).
 
 Each caller atomically reserves the next free slot (max(now, next_free)) and moves `next_free` on by
 the delay, then sleeps until its slot. This keeps callers in order without polling and works for
@@ -57,7 +60,7 @@ class RedisRequestSlots:
         try:
             return float(self._reserve(keys=[self.key], args=[repr(self.delay_seconds)]))
         except redis.RedisError as exc:
-            raise PacingUnavailable(f"cannot reserve an arXiv request slot in Redis: {exc}") from exc
+            raise PacingUnavailable(f"cannot reserve a slot for {self.key} in Redis: {exc}") from exc
 
 
 class DatabaseRequestSlots:
@@ -81,7 +84,7 @@ class DatabaseRequestSlots:
         try:
             return self._reserve(statement, now)
         except SQLAlchemyError as exc:
-            raise PacingUnavailable(f"cannot reserve an arXiv request slot in the database: {exc}") from exc
+            raise PacingUnavailable(f"cannot reserve a slot for {self.key} in the database: {exc}") from exc
 
     def _reserve(self, statement, now: float) -> float:  # type: ignore[no-untyped-def]
         table = RateLimitSlot.__table__
@@ -99,7 +102,7 @@ class DatabaseRequestSlots:
 
 
 class RequestPacer:
-    """Blocks each caller until its reserved slot; the one gate every arXiv API request passes."""
+    """Blocks each caller until its reserved slot; the one gate every paced request passes."""
 
     def __init__(self, slots: RequestSlots, sleep=time.sleep) -> None:  # type: ignore[no-untyped-def]
         self.slots = slots
@@ -113,17 +116,30 @@ class RequestPacer:
         return wait
 
 
+_REDIS_CLIENTS: dict[str, redis.Redis] = {}
+
+
+def reachable_redis(redis_url: str) -> redis.Redis | None:
+    """A client for `redis_url` if it answers (one per process once it has), else None."""
+    client = _REDIS_CLIENTS.get(redis_url)
+    if client is not None:
+        return client
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        log.info("Redis at %s not reachable (%s)", redis_url, exc)
+        return None
+    return _REDIS_CLIENTS.setdefault(redis_url, client)
+
+
 def shared_request_slots(
     redis_url: str | None, engine: Engine | None, delay_seconds: float, key: str = DEFAULT_KEY
 ) -> RequestSlots:
     """Redis slots when Redis answers, else the database row (the embedded SQLite default)."""
-    if redis_url:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
-        try:
-            client.ping()
-            return RedisRequestSlots(client, delay_seconds, key)
-        except (redis.RedisError, OSError) as exc:
-            log.info("Redis at %s not reachable (%s); pacing arXiv requests through the database", redis_url, exc)
+    client = reachable_redis(redis_url) if redis_url else None
+    if client is not None:
+        return RedisRequestSlots(client, delay_seconds, key)
     if engine is None:
-        raise ValueError("arXiv request pacing needs Redis or a database")
+        raise ValueError("request pacing needs Redis or a database")
     return DatabaseRequestSlots(engine, delay_seconds, key)
