@@ -232,7 +232,8 @@ def main() -> None:
         print(f"daily run through Celery, {args.workers} worker processes: {args.subscribers} subscribers, "
               f"{args.papers} announced papers, arXiv delay {args.arxiv_delay} s")
         for stage in ("harvest", "match", "translate", "deliver"):
-            print(f"  {stage:<10} {seconds.get(stage, 0):8.1f} s")
+            note = f" (papers scanned in {stats['match'].get('processes', 1)} processes)" if stage == "match" else ""
+            print(f"  {stage:<10} {seconds.get(stage, 0):8.1f} s{note}")
         print(f"  {'run total':<10} {seconds.get('total', 0):8.1f} s (run row: first stage to last digest)")
         print(f"  {'wall':<10} {wall:8.1f} s (`newsletter run-daily --via-celery`, enqueue to exit)")
         print(f"  digests: {sent} sent to {recipients} recipients; {once} addresses got exactly one, "

@@ -33,7 +33,7 @@ present in the paper, leaving out what follows ANDNOT.
 from __future__ import annotations
 
 import gc
-import multiprocessing
+import os
 import re
 import unicodedata
 from array import array
@@ -44,7 +44,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate, compress, repeat
-from multiprocessing.connection import Connection
 from typing import Generic, NamedTuple, TypeVar
 
 import ahocorasick_rs
@@ -730,12 +729,65 @@ def _needs_every_positive(expr: Expr) -> bool:
 _MIN_PAPERS_PER_PROCESS = 250
 
 
-def _send_present_terms(index: KeywordIndex[Hashable], papers: list[PaperText], sender: Connection) -> None:
-    """In a forked process: each paper's present terms, as lengths and term ids, to the parent."""
-    found = [index._present_terms(paper) for paper in papers]
-    sender.send_bytes(array("i", map(len, found)).tobytes())
-    sender.send_bytes(array("i", [term_id for present in found for term_id in present]).tobytes())
-    sender.close()
+class _ForkedScan:
+    """A forked child scanning a share of the papers with the index it inherited (no copy, no rebuild).
+
+    os.fork rather than multiprocessing: a Celery worker process is a daemon, and multiprocessing
+    refuses children to daemons. The child sends [count, lengths..., term ids...] down a pipe.
+    """
+
+    def __init__(self, pid: int, pipe: int, count: int) -> None:
+        self.pid, self.pipe, self.count = pid, pipe, count
+        self.done = False
+
+    @classmethod
+    def start(cls, index: KeywordIndex[Hashable], papers: list[PaperText]) -> _ForkedScan | None:
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            return None
+        if pid == 0:
+            # The child leaves through os._exit whatever happens: none of the parent's cleanup
+            # (database connections, temporary files, atexit) may run twice.
+            status = 1
+            try:
+                os.close(read_end)
+                found = [index._present_terms(paper) for paper in papers]
+                payload = array("i", [len(found), *map(len, found)])
+                payload.extend(term_id for present in found for term_id in present)
+                with open(write_end, "wb") as pipe:
+                    pipe.write(payload.tobytes())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        return cls(pid, read_end, len(papers))
+
+    def collect(self) -> list[set[int]] | None:
+        """Each paper's present terms, or None when the child failed."""
+        with open(self.pipe, "rb") as pipe:
+            data = pipe.read()
+        self.done = True
+        _, status = os.waitpid(self.pid, 0)
+        values = array("i")
+        values.frombytes(data[: len(data) - len(data) % values.itemsize])
+        if status != 0 or not values or values[0] != self.count:
+            return None
+        lengths, flat = values[1 : 1 + self.count], values[1 + self.count :]
+        if sum(lengths) != len(flat):
+            return None
+        ends = list(accumulate(lengths))
+        return [set(flat[end - length : end]) for end, length in zip(ends, lengths, strict=True)]
+
+    def close(self) -> None:
+        """Reap a child whose share was not collected (a write to the closed pipe ends it)."""
+        if not self.done:
+            self.done = True
+            os.close(self.pipe)
+            os.waitpid(self.pid, 0)
 
 
 @contextmanager
@@ -783,6 +835,7 @@ class KeywordIndex(Generic[K]):
         self._fixed_labels: dict[int, frozenset[str]] = {}  # compound expression -> its one label
         self._match_cache: dict[tuple[int, frozenset[str]], tuple[Match[K], ...]] = {}
         self.invalid: list[tuple[K, int, KeywordSyntaxError]] = []
+        self.processes_used = 0  # processes that scanned papers in the last select()
 
     @classmethod
     def build(cls, profiles: Iterable[tuple[K, Sequence[str]]]) -> KeywordIndex[K]:
@@ -939,40 +992,26 @@ class KeywordIndex(Generic[K]):
     def _present_terms_of(self, papers: list[PaperText], processes: int) -> Iterator[set[int]]:
         """Each paper's present terms, in order; forked processes take shares when there are many."""
         shares = min(processes, len(papers) // _MIN_PAPERS_PER_PROCESS)
-        if shares < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        self.processes_used = 1
+        if shares < 2 or not hasattr(os, "fork"):
             yield from map(self._present_terms, papers)
             return
         size = -(-len(papers) // shares)
-        context = multiprocessing.get_context("fork")  # the child inherits this index: no copy, no rebuild
-        children = []
-        for start in range(size, len(papers), size):
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_send_present_terms, args=(self, papers[start : start + size], sender))
-            try:
-                child.start()
-            except (AssertionError, OSError):  # a daemon process may not fork; then scan it here
-                receiver.close()
-                child = None
-            sender.close()
-            children.append((start, child, receiver))
-        yield from map(self._present_terms, papers[:size])
-        for start, child, receiver in children:
-            share = papers[start : start + size]
-            try:
-                if child is None:
-                    raise EOFError
-                lengths, flat = array("i"), array("i")
-                lengths.frombytes(receiver.recv_bytes())
-                flat.frombytes(receiver.recv_bytes())
-            except (EOFError, OSError):  # the child failed: do its share here
-                yield from map(self._present_terms, share)
-            else:
-                ends = list(accumulate(lengths))
-                yield from (set(flat[end - length : end]) for end, length in zip(ends, lengths, strict=True))
-            finally:
-                receiver.close()
+        starts = range(size, len(papers), size)
+        forked = [(start, _ForkedScan.start(self, papers[start : start + size])) for start in starts]
+        try:
+            yield from map(self._present_terms, papers[:size])
+            for start, child in forked:
+                found = child.collect() if child is not None else None
+                if found is None:  # the fork was refused or the child failed: scan its share here
+                    yield from map(self._present_terms, papers[start : start + size])
+                else:
+                    self.processes_used += 1
+                    yield from found
+        finally:
+            for _, child in forked:
                 if child is not None:
-                    child.join()
+                    child.close()
 
     def _scan_category(self, category: str, present: set[int]) -> None:
         categories = self._categories

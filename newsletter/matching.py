@@ -30,6 +30,7 @@ class MatchResult:
     papers: int
     selections: int
     subscribers_with_papers: int
+    processes: int = 1  # that scanned the papers
 
 
 def load_profiles(session: Session) -> dict[int, list[str]]:
@@ -123,4 +124,5 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         papers=len(papers),
         selections=int(totals[0]),
         subscribers_with_papers=int(totals[1]),
+        processes=index.processes_used or 1,
     )

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+import billiard
 import pytest
 
 from newsletter.keywords import (
@@ -350,9 +351,26 @@ def test_forked_processes_select_exactly_what_one_process_selects(testing_papers
         return {subscriber: [list(hits.items()) for hits in sections] for subscriber, sections in selection.items()}
 
     alone = as_lists(index.select(papers))
+    assert index.processes_used == 1
     assert as_lists(index.select(papers, processes=2)) == alone
+    assert index.processes_used == 2
     assert len(alone["ann"][0]) == 6 * len(selected("metamorphic testing", testing_papers)) > 0
     assert [key for key, _ in alone["bob"][2]] == [f"{copy}-2407.18756" for copy in range(6)]
+
+
+def select_in_a_pool_worker(papers: list[PaperText]) -> tuple[int, int]:
+    index = KeywordIndex.build([("ann", ["metamorphic testing"])])
+    (hits,) = index.select(papers, processes=2)["ann"]
+    return len(hits), index.processes_used
+
+
+def test_a_celery_pool_worker_forks_its_scanners_too(testing_papers: list[PaperText]) -> None:
+    # Celery's prefork workers are daemon processes (billiard), which multiprocessing may not fork.
+    papers = [PaperText(f"{copy}-{p.key}", p.title, p.abstract) for copy in range(6) for p in testing_papers]
+    with billiard.Pool(1) as pool:
+        count, processes = pool.apply(select_in_a_pool_worker, (papers,))
+    assert processes == 2
+    assert count == 6 * len(selected("metamorphic testing", testing_papers)) > 0
 
 
 def test_same_subscriber_twice_is_refused() -> None:
