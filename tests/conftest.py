@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
@@ -35,6 +36,16 @@ def skip_or_fail(reason: str) -> None:
     if services_required():
         pytest.fail(f"{reason} (NEWSLETTER_REQUIRE_SERVICES=1)")
     pytest.skip(reason)
+
+
+def reachable_redis_or_skip(url: str) -> redis.Redis:
+    """A client for the Redis at `url`, or a skip (a failure under NEWSLETTER_REQUIRE_SERVICES=1)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        skip_or_fail(f"Redis not reachable at {url}: {exc}")
+    return client
 
 
 def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Settings:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
@@ -29,7 +28,7 @@ from newsletter.delivery import (
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
 from newsletter.tokens import SubscriberLinks
-from tests.conftest import REDIS_URL, make_settings, skip_or_fail
+from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
 from tests.delivery_helpers import deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
 
@@ -248,10 +247,7 @@ def send_from_threads(backends: list[SmtpBackend], settings: Settings, per_backe
 
 
 def test_the_send_rate_is_one_cap_for_all_workers_sharing_redis(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        skip_or_fail(f"Redis not reachable at {REDIS_URL}: {exc}")
+    reachable_redis_or_skip(REDIS_URL)
     settings = make_settings(
         "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_max_per_second=10,
         redis_url=REDIS_URL,

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from newsletter.harvest import ArxivApiSource
 from newsletter.models import RateLimitSlot
 from newsletter.pacing import DatabaseRequestSlots, RedisRequestSlots, RequestPacer, shared_request_slots
-from tests.conftest import REDIS_URL, skip_or_fail
+from tests.conftest import REDIS_URL, reachable_redis_or_skip
 from tests.servers import ArxivServer, make_paper
 
 DELAY = 10.0  # reservations only: nobody sleeps this long
@@ -21,12 +21,7 @@ DELAY = 10.0  # reservations only: nobody sleeps this long
 
 @pytest.fixture
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        skip_or_fail(f"Redis not reachable at {REDIS_URL}: {exc}")
-    return client
+    return reachable_redis_or_skip(REDIS_URL)
 
 
 def test_two_redis_clients_get_slots_one_delay_apart(redis_client: redis.Redis) -> None:

@@ -29,7 +29,7 @@ from newsletter.models import (
 )
 from newsletter.subscribers import find_subscriber, subscribe
 from newsletter.tokens import LinkSigner, Purpose
-from tests.conftest import REDIS_URL, make_settings, skip_or_fail
+from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
 from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, visible_text
 
 SECRET = "test-secret-key-0123456789"
@@ -537,12 +537,7 @@ def test_too_many_posts_from_one_ip_address_get_429_and_others_are_not_held_up(l
 
 @pytest.mark.redis
 def test_the_rate_limit_is_shared_through_redis_by_every_web_worker(lite_settings: Settings) -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL).ping()
-    except redis.RedisError as exc:
-        skip_or_fail(f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}")
+    reachable_redis_or_skip(REDIS_URL)
     settings = lite_settings.model_copy(update={
         "web_post_rate_limit": "2/minute", "web_rate_limit_storage": REDIS_URL,
         "web_rate_limit_prefix": f"test-web-{uuid.uuid4().hex}",

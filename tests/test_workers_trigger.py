@@ -7,14 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import Run, RunStatus
-from tests.conftest import make_settings, skip_or_fail
+from tests.conftest import make_settings, reachable_redis_or_skip
 from tests.servers import ArxivServer, build_empty_feed, build_feed, make_paper
 from workers.schedule import in_poll_window, poll_crontab
 from workers.trigger import start_day
@@ -25,12 +24,7 @@ REDIS_DB_URL = "redis://127.0.0.1:6379/11"
 
 @pytest.fixture
 def trigger_settings(pg_engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> Settings:
-    client = redis.Redis.from_url(REDIS_DB_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        skip_or_fail(f"Redis not reachable at {REDIS_DB_URL}: {exc}")
-    client.flushdb()
+    reachable_redis_or_skip(REDIS_DB_URL).flushdb()
     return make_settings(
         pg_engine.url.render_as_string(hide_password=False),
         tmp_path,

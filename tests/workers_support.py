@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.models import Delivery
 from newsletter.subscribers import subscribe
-from tests.conftest import skip_or_fail
+from tests.conftest import reachable_redis_or_skip
 from tests.servers import ArxivServer, DeepLServer, SmtpSink, build_feed, make_paper
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
 
@@ -37,11 +36,7 @@ SUBSCRIBERS = 200
 @pytest.fixture(name="redis_url")
 def redis_url_fixture() -> str:
     """A Redis database of this test file's own, emptied first (broker, results and locks)."""
-    client = redis.Redis.from_url(REDIS_DB_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        skip_or_fail(f"Redis not reachable at {REDIS_DB_URL}: {exc}")
+    client = reachable_redis_or_skip(REDIS_DB_URL)
     client.flushdb()
     client.close()
     return REDIS_DB_URL
