@@ -645,7 +645,7 @@ class _Scanner:
 
     def __init__(self, terms: list[tuple[int, Term]], plurals: bool) -> None:
         form_ids: dict[str, int] = {}
-        sources: list[list[tuple[int, Term, int]]] = []  # form id -> (term, term, forbidden breaks)
+        sources: list[list[tuple[int, Term, int]]] = []  # form id -> (term id, term, forbidden breaks)
         for term_id, term in terms:
             forms = (term.pattern,) if term.prefix or not plurals else (term.pattern, *_plural_forms(term.pattern))
             for form in forms:
@@ -669,9 +669,9 @@ class _Scanner:
         }
         # Form id -> (term, in the title, is a prefix, forbidden breaks) for ti: and abs: terms.
         self.fielded = {
-            form_id: tuple((t, term.scope == "ti", term.prefix, forbidden) for t, term, forbidden in found)
+            form_id: entries
             for form_id, found in enumerate(sources)
-            if any(term.scope in _FIELD_SCOPES for _, term, _ in found)
+            if (entries := tuple((t, x.scope == "ti", x.prefix, f) for t, x, f in found if x.scope in _FIELD_SCOPES))
         }
         self.automaton = ahocorasick_rs.AhoCorasick(list(form_ids), matchkind=ahocorasick_rs.MatchKind.Standard)
 
@@ -832,7 +832,8 @@ class KeywordIndex(Generic[K]):
         self._compound: list[tuple[int, ...]] = []
         self._in_compound: frozenset[int] = frozenset()
         self._labels: dict[frozenset[int], frozenset[str]] = {}
-        self._fixed_labels: dict[int, frozenset[str]] = {}  # compound expression -> its one label
+        # Expression -> its label when the same for every paper (one term; terms all required), else None.
+        self._fixed_labels: list[frozenset[str] | None] = []
         self._match_cache: dict[tuple[int, frozenset[str]], tuple[Match[K], ...]] = {}
         self.invalid: list[tuple[K, int, KeywordSyntaxError]] = []
         self.processes_used = 0  # processes that scanned papers in the last select()
@@ -882,11 +883,12 @@ class KeywordIndex(Generic[K]):
                 self._term_alone[term_id] = expr_id
                 self._predicates.append(None)
                 self._positives.append(self._singles[term_id])
+                self._fixed_labels.append(self._single_labels[term_id])
             else:
                 self._predicates.append(self._compile(expr))
                 self._positives.append(frozenset(self._positive_terms(expr)))
-                if _needs_every_positive(expr):  # then its label is the same for every paper
-                    self._fixed_labels[expr_id] = self._label(self._positives[expr_id])
+                fixed = _needs_every_positive(expr)
+                self._fixed_labels.append(self._label(self._positives[expr_id]) if fixed else None)
                 for term_id in self._triggers(expr):
                     self._term_compound[term_id].append(expr_id)
         return expr_id
@@ -1039,7 +1041,7 @@ class KeywordIndex(Generic[K]):
         candidates = set().union(*map(self._compound.__getitem__, triggered))
         predicates, positives, fixed = self._predicates, self._positives, self._fixed_labels
         return [
-            (expr_id, fixed.get(expr_id) or self._label(positives[expr_id] & present))
+            (expr_id, fixed[expr_id] or self._label(positives[expr_id] & present))
             for expr_id in candidates
             if predicates[expr_id](present)  # type: ignore[misc]  # compound: never None
         ]
@@ -1095,24 +1097,17 @@ class KeywordIndex(Generic[K]):
                     keys[expr_id].append(key)
                     labels.setdefault(expr_id, []).append(terms)
             # Subscribers sharing a keyword share one read-only view of its hits.
-            alone_labels = self._expr_labels()
             views = [
-                KeywordHits(found, None if predicate is None else labels.get(expr_id, []), alone_labels[expr_id])
-                for expr_id, (found, predicate) in enumerate(zip(keys, self._predicates, strict=True))
+                KeywordHits(found, None if predicate is None else labels.get(expr_id, []), label or frozenset())
+                for expr_id, (found, predicate, label) in enumerate(
+                    zip(keys, self._predicates, self._fixed_labels, strict=True)
+                )
             ]
             empty = KeywordHits([], None)
             return {
                 subscriber: [empty if expr_id is None else views[expr_id] for expr_id in expr_ids]
                 for subscriber, expr_ids in self._profiles.items()
             }
-
-    def _expr_labels(self) -> list[frozenset[str]]:
-        """Each one-term keyword's label (the empty set for the others)."""
-        labels: list[frozenset[str]] = [frozenset()] * len(self._predicates)
-        for term_id, expr_id in enumerate(self._term_alone):
-            if expr_id >= 0:
-                labels[expr_id] = self._single_labels[term_id]
-        return labels
 
 
 # ---------------------------------------------------------------------------------------
