@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -347,6 +347,11 @@ class SourceText:
     title: str
     abstract: str
 
+    @cached_property
+    def size(self) -> int:
+        """request_size, worked out once: batching, reserving and storing each need it."""
+        return request_size(self)
+
 
 def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -> dict[str, list[SourceText]]:
     """Per target language, selected papers without a translation: the day's first, most-read first."""
@@ -401,13 +406,8 @@ def protected_texts(paper: SourceText | Paper) -> list[str]:
 
 def request_size(paper: SourceText | Paper) -> int:
     """The bytes the paper adds to a JSON request body, and an upper bound of the characters DeepL bills for it."""
-    return _request_size(paper.title, paper.abstract)
-
-
-@lru_cache(maxsize=16384)
-def _request_size(title: str, abstract: str) -> int:
     # json.dumps as the client sends it: non-ASCII as \uXXXX, so never shorter than the text itself.
-    return sum(len(json.dumps(text)) + 2 for text in protected_texts(SourceText("", title, abstract)))
+    return sum(len(json.dumps(text)) + 2 for text in protected_texts(paper))
 
 
 def request_batches(papers: list[SourceText]) -> list[list[SourceText]]:
@@ -415,7 +415,7 @@ def request_batches(papers: list[SourceText]) -> list[list[SourceText]]:
     batches: list[list[SourceText]] = []
     size = 0
     for paper in papers:
-        cost = request_size(paper)
+        cost = paper.size
         if not batches or len(batches[-1]) * 2 + 2 > MAX_TEXTS_PER_REQUEST or size + cost > MAX_REQUEST_BYTES:
             batches.append([])
             size = 0
@@ -472,14 +472,14 @@ def _translate_language(
 ) -> bool:
     """Translate one language's papers batch by batch; False when the budget ran out."""
     for batch in request_batches(papers):
-        reserved = sum(request_size(paper) for paper in batch)
+        reserved = sum(paper.size for paper in batch)
         while not reserve_characters(session, today, reserved, budget):
             left = characters_left(session, today, budget)
             batch = _prefix_within(batch, left)
             if not batch:
                 result.error = "daily DeepL character budget reached"
                 return False
-            reserved = sum(request_size(paper) for paper in batch)
+            reserved = sum(paper.size for paper in batch)
         texts = [text for paper in batch for text in paper_texts(paper)]
         try:
             translated = translator.translate(texts, language)
@@ -504,7 +504,7 @@ def _surely_unbilled(exc: BaseException) -> bool:
 def _prefix_within(batch: list[SourceText], characters: int) -> list[SourceText]:
     kept: list[SourceText] = []
     for paper in batch:
-        characters -= request_size(paper)
+        characters -= paper.size
         if characters < 0:
             break
         kept.append(paper)
@@ -514,7 +514,7 @@ def _prefix_within(batch: list[SourceText], characters: int) -> list[SourceText]
 def _store(
     session: Session, language: str, batch: list[SourceText], translated: TranslatedBatch, result: TranslateResult
 ) -> None:
-    sizes = [request_size(paper) for paper in batch]
+    sizes = [paper.size for paper in batch]
     rows: list[dict] = []
     for index, paper in enumerate(batch):
         title, abstract = translated.texts[2 * index], translated.texts[2 * index + 1]
