@@ -7,7 +7,7 @@ and a trailing * for a prefix (transform*, cat:cs.*).
 
 Canonical form, shared by matching, highlighting and the benchmark's naive check:
 
-1. Folding (`fold_text`): LaTeX is rendered to Unicode by pylatexenc, then NFKD, case
+1. Folding (`fold_text`): LaTeX is rendered to Unicode by `newsletter.latex`, then NFKD, case
    folding, and combining marks dropped, so Schr\\"{o}dinger, Schrödinger and schrodinger
    are one word.
 2. Tokens are maximal runs of letters or of digits (so "GPT4" is "gpt" + "4"). The gap
@@ -47,8 +47,8 @@ from itertools import accumulate, compress, repeat
 from typing import Generic, NamedTuple, TypeVar
 
 import ahocorasick_rs
-from pylatexenc.latex2text import LatexNodes2Text
-from pylatexenc.latexwalker import LatexWalkerError
+
+from newsletter.latex import SpanKind, has_latex, latex_spans, latex_to_unicode, render_span
 
 __all__ = [
     "MAX_KEYWORDS",
@@ -82,25 +82,6 @@ K = TypeVar("K", bound=Hashable)
 # Folding
 # ---------------------------------------------------------------------------------------
 
-# Pieces of LaTeX found in titles and abstracts. Only these are handed to pylatexenc: the
-# rest of the text is plain, pylatexenc takes milliseconds per abstract, and a bare "%"
-# outside them would make it drop the rest of the text as a comment.
-_LATEX_ISLAND = re.compile(
-    r"""
-      \$\$.+?\$\$                                          # display math
-    | \$[^$]+\$                                            # inline math
-    | \\\(.+?\\\) | \\\[.+?\\\]                            # \( \) and \[ \] math
-    | \\[A-Za-z]+\*?(?:\[[^\]]*\])?(?:\{(?:[^{}]|\{[^{}]*\})*\})*   # \macro[opt]{arg}
-    | \\['"`^~=.](?:\{[^{}]*\}|[A-Za-z])                   # accents: \"o, \"{o}
-    | \\[^A-Za-z]                                          # escapes: \% \& \\ "\ "
-    | \{(?:[^{}]|\{[^{}]*\})*\}                            # groups: {\"o}, {GAN}
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_UNESCAPED_PERCENT = re.compile(r"(?<!\\)%")
-_LATEX = LatexNodes2Text()
-
-
 def _build_fold_table() -> dict[int, str | None]:
     # Combining marks are dropped after NFKD; the BMP holds every mark Latin, Greek and
     # Cyrillic text uses, and scanning it once at import takes a few milliseconds.
@@ -118,19 +99,6 @@ def _build_fold_table() -> dict[int, str | None]:
 _FOLD_TABLE = _build_fold_table()
 
 
-@lru_cache(maxsize=65536)
-def _render_latex(island: str) -> str:
-    # The same few snippets ($\times$, \emph{...}) recur across abstracts: cache them.
-    try:
-        return str(_LATEX.latex_to_text(_UNESCAPED_PERCENT.sub(r"\\%", island)))
-    except LatexWalkerError:
-        return island
-
-
-def _render_island(match: re.Match[str]) -> str:
-    return _render_latex(match.group())
-
-
 def _fold_plain(text: str) -> str:
     if text.isascii():
         return text.lower().translate(_FOLD_TABLE)
@@ -139,8 +107,8 @@ def _fold_plain(text: str) -> str:
 
 def fold_text(text: str) -> str:
     """Return `text` with LaTeX rendered, accents stripped and case folded, for matching."""
-    if "\\" in text or "$" in text or "{" in text:
-        text = _LATEX_ISLAND.sub(_render_island, text)
+    if has_latex(text):
+        text = latex_to_unicode(text)
     return _fold_plain(text)
 
 
@@ -1144,10 +1112,10 @@ def _fold_char(char: str) -> str:
 
 @lru_cache(maxsize=256)
 def _locate(text: str) -> _Located:
-    has_latex = "\\" in text or "$" in text or "{" in text
+    with_latex = has_latex(text)
     starts: array[int] | None = None
     ends: array[int] | None = None
-    if text.isascii() and not has_latex:
+    if text.isascii() and not with_latex:
         folded_text = _fold_plain(text)  # lowercase only: offsets do not move
     else:
         # Fold character by character, remembering where each folded character came from;
@@ -1161,11 +1129,13 @@ def _locate(text: str) -> _Located:
             ends.extend([end] * len(chars))
 
         position = 0
-        for island in _LATEX_ISLAND.finditer(text) if has_latex else ():
-            for offset in range(position, island.start()):
+        for span in latex_spans(text) if with_latex else ():
+            if span.kind is SpanKind.TEXT:
+                continue
+            for offset in range(position, span.start):
                 add(_fold_char(text[offset]), offset, offset + 1)
-            add(_fold_plain(_render_island(island)), island.start(), island.end())
-            position = island.end()
+            add(_fold_plain(render_span(span.kind, span.text)), span.start, span.end)
+            position = span.end
         for offset in range(position, len(text)):
             add(_fold_char(text[offset]), offset, offset + 1)
         folded_text = "".join(folded)

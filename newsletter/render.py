@@ -151,16 +151,11 @@ def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
 
 
-# Escaped specials and \href that latex_to_unicode leaves as typed: "50\\%" reads "50%".
-_ESCAPED_SPECIAL = re.compile(r"\\([%&_#$])")
-_HREF = re.compile(r"\\href\{[^{}]*\}\{([^{}]*)\}")
-
-
 @lru_cache(maxsize=8192)
 def readable(text: str) -> str:
     """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
     # Cached: a paper is shown to many subscribers (with different highlights), converted once.
-    return _ESCAPED_SPECIAL.sub(r"\1", _HREF.sub(r"\1", latex_to_unicode(text)))
+    return latex_to_unicode(text)
 
 
 @dataclass(eq=False)

@@ -245,8 +245,8 @@ def test_latex_in_titles_and_abstracts_reads_as_text() -> None:
 
     text, _ = visible(rendered.html)
     assert "A 2.5× faster Solver" in text and "$" not in text.split("Abstract")[1].split("manage")[0]
-    assert "ρ(E^s) < 1" in text and "50% fewer" in text and "Code: this url." in text
-    assert "We reach ρ(E^s) < 1 with 50% fewer steps." in rendered.text
+    assert "ρ(Eˢ) < 1" in text and "50% fewer" in text and "Code: this url." in text
+    assert "We reach ρ(Eˢ) < 1 with 50% fewer steps." in rendered.text
 
 
 def test_titles_and_abstracts_with_markup_characters_are_escaped() -> None:

@@ -131,7 +131,7 @@ def test_math_survives_translation_and_reads_as_unicode_in_both_languages(
     html, text = mailed(settings, "ada@example.org")
     assert "[ZH] Fast 强化学习 with 2.5× fewer samples" in text  # translated, glossary applied, math readable
     assert "Fast reinforcement learning with 2.5× fewer samples" in text  # and the English original
-    assert "ρ(E^s)" in text and "[ZH] We bound ρ(E^s)" in text
+    assert "ρ(Eˢ)" in text and "[ZH] We bound ρ(Eˢ)" in text
     assert DOLLAR_MISTRANSLATION not in html + text
     assert CHINESE_NOTE not in html + text
     stored = session.get(Translation, ("2611.00001", "ZH-HANS"))
@@ -161,7 +161,7 @@ def test_each_paper_is_translated_once_per_language_and_shared_by_every_reader(
     assert {r.target_lang for r in deepl_server.translate_requests} == {"ZH-HANS", "DE"}
     assert len(deepl_server.translate_requests) == requests_after_first_run == 2
     _, bob_text = mailed(settings, "bob@example.org")
-    assert "[ZH] We combine 强化学习 and diffusion in ∑_i r_i form." in bob_text
+    assert "[ZH] We combine 强化学习 and diffusion in ∑ᵢ rᵢ form." in bob_text
     _, eve_text = mailed(settings, "eve@example.org")
     assert "[ZH]" not in eve_text and ENGLISH_NOTE not in eve_text
 
@@ -291,7 +291,7 @@ def test_when_deepl_fails_the_digest_goes_out_in_english_with_a_note_and_is_tran
     for part in (html, text):
         assert CHINESE_NOTE in part and "[ZH]" not in part
     assert "Fast reinforcement learning with 2.5× fewer samples" in text
-    assert "We bound ρ(E^s) for reinforcement learning agents" in text
+    assert "We bound ρ(Eˢ) for reinforcement learning agents" in text
     carl_html, _ = mailed(settings, "carl@example.org")
     assert ENGLISH_NOTE in carl_html
     _, eve_text = mailed(settings, "eve@example.org")
