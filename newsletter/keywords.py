@@ -33,6 +33,7 @@ present in the paper, leaving out what follows ANDNOT.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import unicodedata
@@ -77,6 +78,7 @@ MIN_PREFIX_LENGTH = 3
 MIN_SPLIT_PIECE = 3
 
 K = TypeVar("K", bound=Hashable)
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------
 # Folding
@@ -804,6 +806,7 @@ class KeywordIndex(Generic[K]):
         self._fixed_labels: list[frozenset[str] | None] = []
         self._match_cache: dict[tuple[int, frozenset[str]], tuple[Match[K], ...]] = {}
         self.invalid: list[tuple[K, int, KeywordSyntaxError]] = []
+        self.unreadable: list[tuple[str, str]] = []  # (paper key, reason) of papers select() could not scan
         self.processes_used = 0  # processes that scanned papers in the last select()
 
     @classmethod
@@ -824,6 +827,8 @@ class KeywordIndex(Generic[K]):
                         parsed[keyword] = self._add_expr(parse_keyword(keyword.strip()))
                     except KeywordSyntaxError as error:
                         parsed[keyword] = error
+                    except Exception as exc:  # noqa: BLE001 - one stored keyword never stops everyone's match
+                        parsed[keyword] = KeywordSyntaxError(f"unreadable keyword ({type(exc).__name__}: {exc})", 0)
                 compiled = parsed[keyword]
                 if isinstance(compiled, KeywordSyntaxError):
                     self.invalid.append((subscriber, position, compiled))
@@ -948,6 +953,14 @@ class KeywordIndex(Generic[K]):
             self._author_scanner = _Scanner(author_terms, plurals=False)
 
     def _present_terms(self, paper: PaperText) -> set[int]:
+        try:
+            return self._scan_paper(paper)
+        except Exception as exc:  # noqa: BLE001 - one paper we cannot read never stops the day's match
+            log.warning("%s: not matched (%s: %s)", paper.key, type(exc).__name__, exc)
+            self.unreadable.append((paper.key, f"{type(exc).__name__}: {exc}"))
+            return set()
+
+    def _scan_paper(self, paper: PaperText) -> set[int]:
         present: set[int] = set()
         if self._text_scanner is not None:
             text = f"{fold_text(paper.title)}{_FIELD_BREAK}{fold_text(paper.abstract)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from newsletter.models import (
     SubscriberStatus,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class MatchResult:
@@ -31,6 +34,10 @@ class MatchResult:
     selections: int
     subscribers_with_papers: int
     processes: int = 1  # that scanned the papers
+    # Papers no keyword could be matched against, and stored keywords that no longer parse: each
+    # is logged with its arXiv ID or subscriber; the rest of the day is matched as usual.
+    unreadable_papers: int = 0
+    invalid_keywords: int = 0
 
 
 def load_profiles(session: Session) -> dict[int, list[str]]:
@@ -65,6 +72,8 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
     """
     profiles = load_profiles(session)
     index = KeywordIndex.build(profiles.items())
+    for subscriber_id, position, error in index.invalid:
+        log.warning("subscriber %s: keyword %d skipped, it no longer parses: %s", subscriber_id, position + 1, error)
     papers = session.scalars(
         select(Paper).join(Announcement, Announcement.arxiv_id == Paper.arxiv_id).where(Announcement.day == day)
     ).all()
@@ -125,4 +134,6 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         selections=int(totals[0]),
         subscribers_with_papers=int(totals[1]),
         processes=index.processes_used or 1,
+        unreadable_papers=len(index.unreadable),
+        invalid_keywords=len(index.invalid),
     )

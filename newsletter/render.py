@@ -7,6 +7,7 @@ once per (paper, matched terms, language) and reused for every subscriber of the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -32,6 +33,8 @@ from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, T
 from newsletter.tokens import SubscriberLinks
 
 # Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
+log = logging.getLogger(__name__)
+
 HTML_SIZE_LIMIT = 100_000
 AUTHORS_SHOWN = 8
 EASTERN = ZoneInfo("America/New_York")
@@ -176,30 +179,39 @@ class PaperView:
     translation_missing: bool = False
     journal_ref: str | None = None
     doi: str | None = None
+    # Shown as typed, without highlights: the fallback for a paper whose card could not be rendered.
+    plain: bool = False
 
     @property
     def cache_key(self) -> tuple:
         """Everything a rendered card depends on, apart from the language of its labels."""
         return (
             self.arxiv_id, self.version, self.terms, self.raw_title_translated, self.raw_abstract_translated,
-            self.translation_missing,
+            self.translation_missing, self.plain,
         )
+
+    def as_plain(self) -> PaperView:
+        """This paper with its text as typed and nothing highlighted."""
+        return dataclasses.replace(self, terms=(), plain=True)
+
+    def _shown(self, raw: str) -> str:
+        return raw if self.plain else readable(raw)
 
     @cached_property
     def title(self) -> str:
-        return readable(self.raw_title)
+        return self._shown(self.raw_title)
 
     @cached_property
     def abstract(self) -> str:
-        return readable(self.raw_abstract)
+        return self._shown(self.raw_abstract)
 
     @cached_property
     def title_translated(self) -> str | None:
-        return readable(self.raw_title_translated) if self.raw_title_translated else None
+        return self._shown(self.raw_title_translated) if self.raw_title_translated else None
 
     @cached_property
     def abstract_translated(self) -> str | None:
-        return readable(self.raw_abstract_translated) if self.raw_abstract_translated else None
+        return self._shown(self.raw_abstract_translated) if self.raw_abstract_translated else None
 
     @property
     def title_segments(self) -> list[tuple[str, bool]]:
@@ -633,14 +645,21 @@ class DigestRenderer:
         if found is None:
             if len(self._fragments) >= FRAGMENT_CACHE_LIMIT:
                 self._fragments.clear()
-            _, card_template, more_template = self._html_templates
-            labels = LABELS[group]
-            card = Markup(card_template.render(paper=paper, labels=labels))
-            more = Markup(more_template.render(paper=paper, labels=labels))
-            text = self._text_templates[1].render(paper=paper, labels=labels)
-            found = PaperFragments(card, len(card.encode()), more, len(more.encode()), text)
+            try:
+                found = self._render_fragments(paper, group)
+            except Exception as exc:  # noqa: BLE001 - one paper's card never stops the digest
+                log.warning("%s: card shown as plain text (%s: %s)", paper.arxiv_id, type(exc).__name__, exc)
+                found = self._render_fragments(paper.as_plain(), group)
             self._fragments[key] = found
         return found
+
+    def _render_fragments(self, paper: PaperView, group: str) -> PaperFragments:
+        _, card_template, more_template = self._html_templates
+        labels = LABELS[group]
+        card = Markup(card_template.render(paper=paper, labels=labels))
+        more = Markup(more_template.render(paper=paper, labels=labels))
+        text = self._text_templates[1].render(paper=paper, labels=labels)
+        return PaperFragments(card, len(card.encode()), more, len(more.encode()), text)
 
     def render(self, digest: Digest, size_limit: int = HTML_SIZE_LIMIT) -> RenderedDigest:
         """Subject, text and HTML for one digest; papers beyond the size limit are listed by title."""

@@ -128,6 +128,9 @@ class DeepLTranslator:
             except LatexLost as exc:
                 log.warning("rejected a translation that lost its LaTeX: %s", exc)
                 translated.append(None)
+            except Exception as exc:  # noqa: BLE001 - one unreadable reply never costs the batch
+                log.warning("rejected a translation that could not be read: %s: %s", type(exc).__name__, exc)
+                translated.append(None)
         return TranslatedBatch(texts=translated, billed_characters=sum(r.billed_characters or 0 for r in results))
 
     def _send(self, xml: list[str], target_language: str, glossary_id: str | None):  # type: ignore[no-untyped-def]
@@ -519,6 +522,7 @@ def _store(
     for index, paper in enumerate(batch):
         title, abstract = translated.texts[2 * index], translated.texts[2 * index + 1]
         if title is None or abstract is None:
+            log.warning("%s: translation to %s rejected; the paper is shown in English", paper.arxiv_id, language)
             result.rejected += 1
             continue
         share = translated.billed_characters * sizes[index] // max(sum(sizes), 1)

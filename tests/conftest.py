@@ -19,9 +19,9 @@ from newsletter.schema import upgrade_schema
 
 pytest_plugins = ["tests.servers.pytest_plugin"]
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-if not REFERENCE.exists():
-    REFERENCE = Path("/work/shared/reference")
+# Recorded real arXiv responses and the reference digest, kept inside the repository.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -25,10 +25,9 @@ from newsletter.keywords import (
     parse_keyword,
     validate_profile,
 )
+from tests.conftest import REFERENCE as FIXTURE_REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "arxiv" / "api"
-if not REFERENCE.exists():  # a work tree that is not beside shared/
-    REFERENCE = Path("/work/shared/reference/arxiv/api")
+REFERENCE = FIXTURE_REFERENCE / "arxiv" / "api"
 ATOM = {"a": "http://www.w3.org/2005/Atom"}
 
 

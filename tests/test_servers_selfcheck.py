@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.conftest import REFERENCE as FIXTURE_REFERENCE  # noqa: E402
 from tests.servers.arxiv import (  # noqa: E402
     ArxivServer,
     build_empty_feed,
@@ -30,7 +31,7 @@ from tests.servers.arxiv import (  # noqa: E402
 from tests.servers.deepl import DeepLServer  # noqa: E402
 from tests.servers.smtp import SmtpSink  # noqa: E402
 
-REFERENCE = Path("/work/shared/reference/arxiv")
+REFERENCE = FIXTURE_REFERENCE / "arxiv"
 needs_reference = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason="shared arXiv reference files not present"
 )
