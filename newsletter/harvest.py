@@ -149,9 +149,13 @@ def split_arxiv_id(raw: str) -> tuple[str, int]:
     return match["id"], int(match["version"] or 1)
 
 
+# Control characters no title needs; PostgreSQL refuses NUL in text outright.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
 def clean_text(text: str | None) -> str:
-    """Collapse runs of white space (arXiv hard-wraps abstracts); LaTeX is kept as written."""
-    return " ".join((text or "").split())
+    """Collapse runs of white space (arXiv hard-wraps abstracts), drop control characters; LaTeX is kept as written."""
+    return " ".join(_CONTROL_CHARACTERS.sub("", text or "").split())
 
 
 def _next_weekday(day: dt.date) -> dt.date:

@@ -63,10 +63,14 @@ class Span:
 _BRACES = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 # Three plain words in a row are prose, not math: a stray "$" ("costs $5. Then $x$") must not
 # pair with the next formula's. Lengths are capped for the same reason.
-_PROSE = r"(?<![\\A-Za-z])[A-Za-z]{2,} [A-Za-z]{2,} [A-Za-z]{2,}"
+_PROSE = r"(?<![\\{A-Za-z])[A-Za-z]{2,} [A-Za-z]{2,} [A-Za-z]{2,}"
+_TWO_WORDS = r"(?<![\\{A-Za-z])[A-Za-z]{2,}[ ,;.]+[A-Za-z]{2,}"
 _SPAN = re.compile(
     r"(?P<math>\$\$(?:[^$\\]|\\.){1,3000}?\$\$"
-    rf"|\$(?![^$]*?{_PROSE})(?:[^$\\]|\\.){{1,2000}}\$(?!\d)"
+    # Inline math hugs its dollars ("$x$") or has space inside both ("$ x $"): "costs $5 and the
+    # other $" is two dollar signs, not math.
+    rf"|\$(?![^$]*?{_PROSE})(?:(?=\S)(?:[^$\\]|\\.){{1,4000}}(?<=\S)"
+    rf"|(?![^$]*?{_TWO_WORDS})\s(?:[^$\\]|\\.){{0,4000}}\s)\$(?!\d)"
     r"|\\\(.{0,2000}?\\\)|\\\[.{0,3000}?\\\]"
     r"|\\begin\{(?P<env>[A-Za-z]{1,30}\*?)\}.{0,5000}?\\end\{(?P=env)\})"
     rf"|(?P<command>\\[A-Za-z]{{1,40}}\*?(?:\[[^\[\]{{}}]{{0,200}}\])?(?:{_BRACES}){{0,3}})"
@@ -182,7 +186,7 @@ def _symbol_table() -> dict[str, str]:
             "textasciitilde": "~", "textbackslash": "\\", "textbar": "|", "textless": "<", "textgreater": ">",
             "i": "ı", "j": "ȷ", "o": "ø", "O": "Ø", "l": "ł", "L": "Ł", "ss": "ß",
             "ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "aa": "å", "AA": "Å",
-            "S": "§", "P": "¶", "copyright": "©", "pounds": "£", "euro": "€", "dag": "†", "ddag": "‡",
+            "item": "•", "S": "§", "P": "¶", "copyright": "©", "pounds": "£", "euro": "€", "dag": "†", "ddag": "‡",
         }
     )  # fmt: skip
     return symbols
@@ -234,7 +238,7 @@ _SIZES = frozenset(
     "scriptstyle limits nolimits nonumber notag label".split()
 )
 _SPACES = {",": " ", ":": " ", ";": " ", ">": " ", " ": " ", "!": "", "quad": " ", "qquad": " ", "enspace": " ",
-           "thinspace": " ", "medspace": " ", "thickspace": " ", "negthinspace": ""}  # fmt: skip
+           "thinspace": " ", "medspace": " ", "thickspace": " ", "negthinspace": "", "newline": " ", "linebreak": " "}  # fmt: skip
 _PLAIN_FONTS = frozenset("mathrm text textrm textnormal textup mbox hbox textsf textsl mathsf mathit textmd".split())
 _STYLES = frozenset("textbf textit emph textsc texttt underline uline textmd textsf textsl".split()) | _PLAIN_FONTS
 _ESCAPES = {"\\": " ", "|": "‖", "-": "", "/": "", "@": "", ",": " ", ";": " ", ":": " ", ">": " ", "!": ""}
@@ -266,7 +270,8 @@ def render_span(kind: SpanKind, source: str) -> str:
     except Exception as exc:  # noqa: BLE001 - a span we cannot read is shown as typed, never lost
         log.debug("LaTeX span %r shown as typed: %s: %s", source[:80], type(exc).__name__, exc)
         return source
-    return rendered if rendered.strip() or not source.strip() else source
+    # A command that renders to nothing (\ourmethod{}) is shown as typed rather than dropped.
+    return source if kind is SpanKind.COMMAND and not rendered else rendered
 
 
 def _render(kind: SpanKind, source: str) -> str:
@@ -315,6 +320,8 @@ def _render_command(source: str) -> str:
         return unicodedata.normalize("NFC", args[0] + _TEXT_ACCENTS[name]) if args[0] else ""
     if not args and name in _SYMBOLS:
         return _SYMBOLS[name]
+    if not args and name in _SPACES:
+        return " "
     # Math written without its dollars (\sqrt{x}, \frac{a}{b}, \mathbb{R}) reads as math.
     rendered = render_math(source)
     return rendered if "\\" not in rendered else source
@@ -502,7 +509,8 @@ class _MathReader:
             if name == "colon":
                 return [":", _SPACE]
             return [_SPACE, symbol, _SPACE] if symbol in _RELATIONS else [symbol]
-        return [token.rstrip()]
+        # Unknown: as typed, with the space after it that TeX would have swallowed ("\\item one").
+        return [token.rstrip(), " "] if token[-1:].isspace() else [token]
 
     def _raw_group(self) -> str:
         """A text argument as typed (\\text{if } keeps its spaces)."""

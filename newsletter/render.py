@@ -154,11 +154,16 @@ def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
 
 
+# Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi
+# overrides that can make a title display reversed ("Trojan Source").
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff\u202a-\u202e\u2066-\u2069]")
+
+
 @lru_cache(maxsize=8192)
 def readable(text: str) -> str:
     """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
     # Cached: a paper is shown to many subscribers (with different highlights), converted once.
-    return latex_to_unicode(text)
+    return _INVISIBLE.sub("", latex_to_unicode(text))
 
 
 @dataclass(eq=False)
