@@ -238,7 +238,8 @@ _SIZES = frozenset(
     "scriptstyle limits nolimits nonumber notag label".split()
 )
 _SPACES = {",": " ", ":": " ", ";": " ", ">": " ", " ": " ", "!": "", "quad": " ", "qquad": " ", "enspace": " ",
-           "thinspace": " ", "medspace": " ", "thickspace": " ", "negthinspace": "", "newline": " ", "linebreak": " "}  # fmt: skip
+           "thinspace": " ", "medspace": " ", "thickspace": " ", "negthinspace": "",
+           "newline": " ", "linebreak": " "}  # fmt: skip
 _PLAIN_FONTS = frozenset("mathrm text textrm textnormal textup mbox hbox textsf textsl mathsf mathit textmd".split())
 _STYLES = frozenset("textbf textit emph textsc texttt underline uline textmd textsf textsl".split()) | _PLAIN_FONTS
 _ESCAPES = {"\\": " ", "|": "‖", "-": "", "/": "", "@": "", ",": " ", ";": " ", ":": " ", ">": " ", "!": ""}

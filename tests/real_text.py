@@ -86,7 +86,9 @@ HOSTILE_KEYWORD = "reinforcement learning"
 def hostile_papers() -> list[Paper]:
     """The hostile table as papers; each also says "reinforcement learning", so every one matches."""
     return [
-        make_paper(arxiv_id, title=title, abstract=f"{abstract} A note on reinforcement learning.", categories=["cs.LG"])
+        make_paper(
+            arxiv_id, title=title, abstract=f"{abstract} A note on reinforcement learning.", categories=["cs.LG"]
+        )
         for arxiv_id, title, abstract in HOSTILE
     ]
 
@@ -96,7 +98,8 @@ def fixture_texts() -> list[tuple[str, str]]:
     texts: list[tuple[str, str]] = []
     for path in sorted((REFERENCE / "arxiv" / "api").rglob("*.xml")):
         for paper in load_entries_from_atom(path):
-            texts += [(f"{path.name}:{paper.arxiv_id}:title", paper.title), (f"{path.name}:{paper.arxiv_id}", paper.abstract)]
+            where = f"{path.name}:{paper.arxiv_id}"
+            texts += [(f"{where}:title", paper.title), (where, paper.abstract)]
     for path in sorted((REFERENCE / "arxiv" / "feed").glob("*.xml")):
         for entry in feedparser.parse(path.read_bytes()).entries:
             texts += [(f"{path.name}:{entry.get('id')}:title", entry.get("title", "")),
