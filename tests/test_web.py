@@ -30,6 +30,7 @@ from newsletter.models import (
 from newsletter.subscribers import find_subscriber, subscribe
 from newsletter.tokens import LinkSigner, Purpose
 from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
+from tests.real_text import hostile_papers, reference_day
 from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, visible_text
 
 SECRET = "test-secret-key-0123456789"
@@ -470,6 +471,25 @@ def test_the_keyword_check_counts_matches_over_the_last_seven_announcement_days(
     assert [(c["keyword"], c["count"]) for c in result["counts"]] == [
         ("swarm robotics", 7), ("cat:cs.CV", 1), ("quantum", 0)
     ]
+
+
+def test_the_keyword_check_answers_while_real_abstracts_with_odd_latex_are_among_the_recent_papers(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    # The reference digest's first paper ends in "\\href{this https URL}{this url}": it made this a 500.
+    papers = [reference_day()[0].paper, *hostile_papers()]
+    with Session(sqlite_engine) as db:
+        for paper in papers:
+            db.add(Paper(arxiv_id=paper.arxiv_id, title=paper.title, abstract=paper.abstract,
+                         categories=paper.categories))  # fmt: skip
+            db.flush()
+            db.add(Announcement(day=dt.date(2026, 11, 24), arxiv_id=paper.arxiv_id, announce_type="new"))
+        db.commit()
+
+    answer = Visitor(lite_settings).get("/api/keywords", params={"keywords": "reinforcement learning"})
+
+    assert answer.status_code == 200
+    assert answer.json()["counts"][0]["count"] == len(papers)
 
 
 def test_the_keyword_check_reports_where_a_keyword_is_wrong(lite_settings: Settings) -> None:
