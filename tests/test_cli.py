@@ -8,7 +8,7 @@ import email.policy
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.models import Run, RunStatus
+from tests.conftest import inserts_refused
 from tests.servers import ArxivServer, build_feed, make_paper
 
 # `newsletter` as its console script runs it, from this checkout (not wherever the package is installed).
@@ -92,35 +93,16 @@ def test_a_subscriber_added_by_the_cli_gets_a_preview(tmp_path: Path) -> None:
 
 DAY = dt.date(2026, 11, 24)
 DISK_FULL = "could not extend file: No space left on device"
-# The database refuses the match stage's writes, as it does when its disk is full.
-REFUSE_SELECTIONS = {
-    "sqlite": [
-        f"CREATE TRIGGER refuse_selections BEFORE INSERT ON selection BEGIN SELECT RAISE(ABORT, '{DISK_FULL}'); END"
-    ],
-    "postgresql": [
-        "CREATE FUNCTION refuse_selections() RETURNS trigger LANGUAGE plpgsql AS "
-        f"$$ BEGIN RAISE EXCEPTION '{DISK_FULL}' USING ERRCODE = 'disk_full'; END $$",
-        "CREATE TRIGGER refuse_selections BEFORE INSERT ON selection FOR EACH ROW EXECUTE FUNCTION refuse_selections()",
-    ],
-}
-ACCEPT_SELECTIONS = {
-    "sqlite": ["DROP TRIGGER IF EXISTS refuse_selections"],
-    "postgresql": [
-        "DROP TRIGGER IF EXISTS refuse_selections ON selection",
-        "DROP FUNCTION IF EXISTS refuse_selections",
-    ],
-}
 
 
-def execute(engine: Engine, statements: list[str]) -> None:
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.exec_driver_sql(statement)
+def selections_refused(engine: Engine) -> AbstractContextManager[None]:
+    """The database refuses the match stage's writes, as it does when its disk is full."""
+    return inserts_refused(engine, "selection", DISK_FULL, pg_errcode="disk_full")
 
 
 @pytest.fixture
-def day_env(engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A deployment pointed at the arXiv stand-in announcing DAY, one subscriber, a database refusing selections."""
+def day_env(engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> dict[str, str]:
+    """A deployment pointed at the arXiv stand-in announcing DAY, with one subscriber whose keyword matches."""
     paper = make_paper("2611.00042", title="A graph neural network for molecules", categories=["cs.LG"])
     arxiv_server.add_papers(paper)
     arxiv_server.set_feed(["cs.AI", "cs.LG"], build_feed(DAY, [paper]))
@@ -135,15 +117,14 @@ def day_env(engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> Iterat
     }
     added = run(["subscribe", "ada@example.org", "-k", "graph neural network", "--confirmed"], tmp_path, **env)
     assert added.returncode == 0, added.stderr
-    execute(engine, REFUSE_SELECTIONS[engine.dialect.name])
-    yield env
-    execute(engine, ACCEPT_SELECTIONS[engine.dialect.name])
+    return env
 
 
 def test_a_day_that_dies_in_a_stage_says_so_in_one_line_and_status_shows_it_failed(
     tmp_path: Path, day_env: dict[str, str], engine: Engine
 ) -> None:
-    failed = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
+    with selections_refused(engine):
+        failed = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
 
     assert failed.returncode != 0
     last = failed.stderr.strip().splitlines()[-1]
@@ -163,9 +144,10 @@ def test_a_day_that_dies_in_a_stage_says_so_in_one_line_and_status_shows_it_fail
     ids=["--verbose", "-v", "NEWSLETTER_LOG_LEVEL=debug"],
 )
 def test_verbose_or_debug_level_prints_the_traceback_and_keeps_the_one_line_reason_last(
-    tmp_path: Path, day_env: dict[str, str], options: list[str], env: dict[str, str]
+    tmp_path: Path, day_env: dict[str, str], engine: Engine, options: list[str], env: dict[str, str]
 ) -> None:
-    failed = run([*options, "run-daily", "--date", DAY.isoformat()], tmp_path, **day_env, **env)
+    with selections_refused(engine):
+        failed = run([*options, "run-daily", "--date", DAY.isoformat()], tmp_path, **day_env, **env)
 
     assert failed.returncode != 0
     assert "Traceback (most recent call last)" in failed.stderr
@@ -177,8 +159,8 @@ def test_verbose_or_debug_level_prints_the_traceback_and_keeps_the_one_line_reas
 def test_a_failed_day_is_done_by_the_next_run_once_the_cause_is_gone(
     tmp_path: Path, day_env: dict[str, str], engine: Engine
 ) -> None:
-    assert run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env).returncode != 0
-    execute(engine, ACCEPT_SELECTIONS[engine.dialect.name])
+    with selections_refused(engine):
+        assert run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env).returncode != 0
 
     again = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
 
