@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from newsletter.models import Run, RunStatus
+from newsletter.models import Run, RunStatus, utcnow
 from tests.conftest import inserts_refused
 from tests.servers import ArxivServer, build_feed, make_paper
 
@@ -169,3 +169,17 @@ def test_a_failed_day_is_done_by_the_next_run_once_the_cause_is_gone(
     assert (tmp_path / "outbox" / DAY.isoformat() / "ada@example.org.eml").exists()
     status = run(["status"], tmp_path, **day_env)
     assert f"{DAY}: completed | announced 1, selections 1, sent 1" in status.stdout
+
+
+def test_status_shows_a_day_whose_process_died_unrecorded_as_stalled_not_running(
+    tmp_path: Path, engine: Engine
+) -> None:
+    hours_ago = utcnow() - dt.timedelta(hours=7)
+    with Session(engine) as session:
+        session.add(Run(day=DAY, status=RunStatus.RUNNING, started_at=hours_ago))
+        session.commit()
+
+    status = run(["status"], tmp_path, NEWSLETTER_DATABASE_URL=engine.url.render_as_string(hide_password=False))
+
+    assert status.returncode == 0, status.stderr
+    assert f"{DAY}: running - no digest (stalled: running since {hours_ago:%Y-%m-%d %H:%M} UTC" in status.stdout
