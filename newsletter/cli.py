@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,13 +16,39 @@ from newsletter.config import Settings, get_settings
 from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="arXiv digest newsletter.")
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
+log = logging.getLogger(__name__)
+
+# What an operator's logging level covers: our own modules. Libraries (arxiv, urllib3, celery)
+# speak from WARNING up, or everything at DEBUG.
+OWN_LOGGERS = ("newsletter", "workers")
+
+
 class CommandError(Exception):
     """A failure to report as one line on stderr."""
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log at DEBUG; an unexpected error also prints its traceback.")
+    ] = False,
+) -> None:
+    """arXiv digest newsletter."""
+    configure_logging("DEBUG" if verbose else _settings().log_level)
+
+
+def configure_logging(level: str) -> None:
+    """Send log records to stderr from `level` (NEWSLETTER_LOG_LEVEL or --verbose), once per process."""
+    numeric = logging.getLevelName(level)
+    libraries = logging.DEBUG if numeric == logging.DEBUG else max(numeric, logging.WARNING)
+    logging.basicConfig(level=libraries, format="newsletter: %(levelname)s %(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(numeric)
 
 
 def _settings() -> Settings:
@@ -186,12 +213,9 @@ def status() -> None:
 
 
 def main() -> None:
-    """Entry point: run the command, turning known failures into one line on stderr."""
-    import logging
-
+    """Entry point: run the command, turning every failure into one line on stderr (last)."""
     from newsletter.subscribers import SubscriptionError
 
-    logging.basicConfig(level=logging.WARNING, format="newsletter: %(levelname)s %(message)s")
     try:
         app(standalone_mode=False)
     except (typer.Exit, SystemExit) as exc:
@@ -213,11 +237,23 @@ def main() -> None:
 
         if isinstance(exc, click.ClickException):
             _fail(exc.format_message(), code=exc.exit_code)
-        _fail(f"{type(exc).__name__}: {exc}")
+        _fail_unexpectedly(exc)
+
+
+def _fail_unexpectedly(exc: Exception) -> None:
+    # Logged at DEBUG, so --verbose or NEWSLETTER_LOG_LEVEL=DEBUG shows where it came from.
+    log.debug("the command failed unexpectedly; the traceback:", exc_info=exc)
+    # Only a loaded pipeline raises StageFailed (importing it here would slow every command's start);
+    # its message names the day, the stage and the error already.
+    pipeline = sys.modules.get("newsletter.pipeline")
+    if pipeline is not None and isinstance(exc, pipeline.StageFailed):
+        _fail(str(exc))
+    _fail(f"{type(exc).__name__}: {exc}")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    sys.stderr.write(f"newsletter: {message}\n")
+    # One line, whatever the message holds: scripts and operators read the last line.
+    sys.stderr.write(f"newsletter: {' '.join(message.split())}\n")
     sys.exit(code)
 
 

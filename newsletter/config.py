@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "production", "test"] = "development"
+    # Our own messages on stderr from this level; DEBUG also prints an unexpected error's traceback.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     database_url: str = "sqlite:///newsletter.db"
     redis_url: str = "redis://localhost:6379/0"
 
@@ -92,6 +94,12 @@ class Settings(BaseSettings):
 
     default_language: str = "ZH-HANS"
     default_timezone: str = "Asia/Shanghai"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        # `debug` and `Debug` are what people type; the logging module wants DEBUG.
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("categories", mode="before")
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -316,6 +317,67 @@ def end_run(session: Session, day: dt.date, status: RunStatus, reason: str | Non
     session.commit()
 
 
+# The reason column is Text, but a status line and a log line should stay readable.
+MAX_REASON = 2000
+
+
+class StageFailed(Exception):
+    """A stage of the day's run raised unexpectedly; the run is recorded as failed (the cause is chained)."""
+
+    def __init__(self, day: dt.date, reason: str) -> None:
+        super().__init__(f"{day}: {reason}")
+        self.day, self.reason = day, reason
+
+
+def failure_reason(stage: str, exc: BaseException) -> str:
+    """One line naming the stage and the error, as the run row and the command show it."""
+    # A database error's own text carries the SQL and its parameters; its driver's error says what happened.
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{stage} failed: {type(cause).__name__}" + (f": {lines[0].strip()}" if lines else "")
+
+
+def fail_run(session: Session, day: dt.date, reason: str) -> None:
+    """Record the day's run as failed with `reason`, creating its row if need be; the next run retries it.
+
+    Give it a session of its own: the one the stage used may hold a transaction the error has
+    aborted, and a rollback there must not take the failure with it.
+    """
+    claim_run(session, day)
+    end_run(session, day, RunStatus.FAILED, reason[:MAX_REASON])
+
+
+@contextmanager
+def failing_run_on_error(
+    session: Session, day: dt.date, stage: str, expected: type[Exception] | tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Run a stage; if it raises, record the day's run as failed in a fresh session and raise StageFailed.
+
+    `expected` errors pass through untouched: their caller records them its own way.
+    """
+    try:
+        yield
+    except expected:
+        raise
+    except Exception as exc:
+        raise StageFailed(day, _record_failure(session, day, stage, exc)) from exc
+    except KeyboardInterrupt as exc:
+        # An operator's Ctrl-C: the day is retried, not left "running"; the interrupt goes on as it is.
+        _record_failure(session, day, stage, exc)
+        raise
+
+
+def _record_failure(session: Session, day: dt.date, stage: str, exc: BaseException) -> str:
+    reason = failure_reason(stage, exc)
+    session.rollback()
+    try:
+        with Session(session.get_bind(), expire_on_commit=False) as fresh:
+            fail_run(fresh, day, reason)
+    except Exception:  # the database may be what failed; the log and the command keep the reason
+        log.exception("could not record the failed run of %s", day)
+    return reason
+
+
 def run_is_open(session: Session, day: dt.date) -> bool:
     """Whether the day's run is still in progress (later stages skip a run that ended)."""
     status = session.scalar(select(Run.status).where(Run.day == day).execution_options(populate_existing=True))
@@ -483,7 +545,9 @@ def run_daily(
 ) -> RunSummary:
     """The whole day in this process, idempotent: a rerun resumes and never sends a digest twice."""
     try:
-        announced_day, harvest_stats = harvest_day(session, transports, day, settings.categories)
+        # Before the feed is read the day may be unknown: the failure goes to the day arXiv should show.
+        with failing_run_on_error(session, day or expected_feed_day(utcnow()), "harvest", expected=HarvestError):
+            announced_day, harvest_stats = harvest_day(session, transports, day, settings.categories)
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)
@@ -505,23 +569,37 @@ def run_daily(
 def deliver_harvested_day(
     session: Session, settings: Settings, transports: Transports, day: dt.date, renderer: DigestRenderer
 ) -> RunSummary:
-    """Match, translate and deliver a harvested day in this process, then complete its run."""
-    open_run(session, day, reopen_finished=True)
-    stats: dict[str, Any] = {
-        "match": vars(match_day(session, settings, day)),
-        "translate": vars(translate_day(session, settings, transports.translator, day)),
-    }
-    delivery = DeliveryResult()
-    for chunk in delivery_chunks(session, day, settings.delivery_chunk_size):
-        done = deliver_chunk(session, settings, transports.mail, day, chunk, renderer)
-        delivery.sent, delivery.failed = delivery.sent + done.sent, delivery.failed + done.failed
-        delivery.skipped += done.skipped
-        delivery.bounced += done.bounced
-    run = finish_day(session, day, force=True)
+    """Match, translate and deliver a harvested day in this process, then complete its run.
+
+    A stage that raises leaves the run failed with its reason (StageFailed), never "running".
+    """
+    with failing_run_on_error(session, day, "start"):
+        open_run(session, day, reopen_finished=True)
+    with failing_run_on_error(session, day, "match"):
+        match = match_day(session, settings, day)
+    with failing_run_on_error(session, day, "translate"):
+        translation = translate_day(session, settings, transports.translator, day)
+    with failing_run_on_error(session, day, "deliver"):
+        delivery = _deliver_owed(session, settings, transports.mail, day, renderer)
+        run = finish_day(session, day, force=True)
     assert run is not None
+    stats: dict[str, Any] = {"match": vars(match), "translate": vars(translation)}
     stats["deliver"] = {k: v for k, v in vars(delivery).items() if k != "errors"}
     stats["seconds"] = dict((run.stats or {}).get("seconds", {}))
     return RunSummary(day=day, status=run.status, reason=run.reason, stats=stats)
+
+
+def _deliver_owed(
+    session: Session, settings: Settings, backend: MailBackend, day: dt.date, renderer: DigestRenderer
+) -> DeliveryResult:
+    """Send the day's digests still owed, chunk by chunk, and add up the outcomes."""
+    delivery = DeliveryResult()
+    for chunk in delivery_chunks(session, day, settings.delivery_chunk_size):
+        done = deliver_chunk(session, settings, backend, day, chunk, renderer)
+        delivery.sent, delivery.failed = delivery.sent + done.sent, delivery.failed + done.failed
+        delivery.skipped += done.skipped
+        delivery.bounced += done.bounced
+    return delivery
 
 
 @dataclass

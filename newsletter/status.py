@@ -10,7 +10,8 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import bounced_subscribers
-from newsletter.models import Delivery, Run, RunStatus, Subscriber
+from newsletter.models import Delivery, Run, RunStatus, Subscriber, utcnow
+from newsletter.pipeline import STALE_RUN
 from newsletter.translate import deepl_status_lines
 
 
@@ -20,6 +21,10 @@ def no_digest_reason(run: Run, sent: int) -> str | None:
         return "no announcement: " + (run.reason or "arXiv made no announcement")
     if run.status == RunStatus.FAILED:
         return "failure: " + (run.reason or "unknown reason") + " (retried on the next run)"
+    if run.status == RunStatus.RUNNING and run.started_at < utcnow() - STALE_RUN:
+        # A process killed outright records nothing; say so rather than show it running for ever.
+        since = f"{run.started_at:%Y-%m-%d %H:%M} UTC"
+        return f"stalled: running since {since}, its process probably died; the next run restarts it"
     if run.status == RunStatus.COMPLETED and sent == 0:
         match = (run.stats or {}).get("match", {})
         if not match.get("selections"):

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import os
-import shutil
 import subprocess
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
-NEWSLETTER = shutil.which("newsletter") or str(Path(sys.executable).with_name("newsletter"))
+from newsletter.models import Run, RunStatus, utcnow
+from tests.conftest import inserts_refused
+from tests.servers import ArxivServer, build_feed, make_paper
+
+# `newsletter` as its console script runs it, from this checkout (not wherever the package is installed).
+NEWSLETTER = [sys.executable, "-m", "newsletter.cli"]
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), clean.get("PYTHONPATH")]))
     return subprocess.run(
-        [NEWSLETTER, *args], cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120
+        [*NEWSLETTER, *args], cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120
     )
 
 
@@ -45,6 +56,8 @@ def test_demo_writes_bilingual_digests_and_a_second_run_adds_nothing(tmp_path: P
     ("args", "env", "expected"),
     [
         (["status"], {"NEWSLETTER_SMTP_PORT": "not-a-port"}, "NEWSLETTER_SMTP_PORT"),
+        (["status"], {"NEWSLETTER_LOG_LEVEL": "bogus"}, "NEWSLETTER_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),
+        (["--verbose", "status"], {"NEWSLETTER_LOG_LEVEL": "bogus"}, "NEWSLETTER_LOG_LEVEL"),
         (["status"], {"NEWSLETTER_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}, "database error"),
         (["run-daily", "--frobnicate"], {}, "No such option"),
         (["subscribe", "not-an-address", "-k", "rl"], {}, "not valid"),
@@ -76,3 +89,97 @@ def test_a_subscriber_added_by_the_cli_gets_a_preview(tmp_path: Path) -> None:
 
     assert preview.returncode == 0, preview.stderr
     assert "arXiv" in out.read_text(encoding="utf-8")
+
+
+DAY = dt.date(2026, 11, 24)
+DISK_FULL = "could not extend file: No space left on device"
+
+
+def selections_refused(engine: Engine) -> AbstractContextManager[None]:
+    """The database refuses the match stage's writes, as it does when its disk is full."""
+    return inserts_refused(engine, "selection", DISK_FULL, pg_errcode="disk_full")
+
+
+@pytest.fixture
+def day_env(engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> dict[str, str]:
+    """A deployment pointed at the arXiv stand-in announcing DAY, with one subscriber whose keyword matches."""
+    paper = make_paper("2611.00042", title="A graph neural network for molecules", categories=["cs.LG"])
+    arxiv_server.add_papers(paper)
+    arxiv_server.set_feed(["cs.AI", "cs.LG"], build_feed(DAY, [paper]))
+    env = {
+        "NEWSLETTER_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "NEWSLETTER_ARXIV_FEED_URL": arxiv_server.feed_base_url,
+        "NEWSLETTER_ARXIV_API_URL": arxiv_server.api_url,
+        "NEWSLETTER_ARXIV_DELAY_SECONDS": "0",
+        "NEWSLETTER_CATEGORIES": "cs.AI,cs.LG",
+        "NEWSLETTER_REDIS_URL": "redis://127.0.0.1:1/0",  # no Redis: the database row paces the requests
+        "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+    }
+    added = run(["subscribe", "ada@example.org", "-k", "graph neural network", "--confirmed"], tmp_path, **env)
+    assert added.returncode == 0, added.stderr
+    return env
+
+
+def test_a_day_that_dies_in_a_stage_says_so_in_one_line_and_status_shows_it_failed(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine
+) -> None:
+    with selections_refused(engine):
+        failed = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
+
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"newsletter: {DAY}: match failed: ") and DISK_FULL in last, failed.stderr
+    assert "Traceback" not in failed.stderr
+    status = run(["status"], tmp_path, **day_env)
+    assert status.returncode == 0, status.stderr
+    line = next(line for line in status.stdout.splitlines() if line.startswith(str(DAY)))
+    assert line.startswith(f"{DAY}: failed - no digest (failure: match failed: ") and DISK_FULL in line
+    with Session(engine) as session:
+        assert session.scalars(select(Run.status).where(Run.day == DAY)).one() == RunStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("options", "env"),
+    [(["--verbose"], {}), (["-v"], {}), ([], {"NEWSLETTER_LOG_LEVEL": "debug"})],
+    ids=["--verbose", "-v", "NEWSLETTER_LOG_LEVEL=debug"],
+)
+def test_verbose_or_debug_level_prints_the_traceback_and_keeps_the_one_line_reason_last(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine, options: list[str], env: dict[str, str]
+) -> None:
+    with selections_refused(engine):
+        failed = run([*options, "run-daily", "--date", DAY.isoformat()], tmp_path, **day_env, **env)
+
+    assert failed.returncode != 0
+    assert "Traceback (most recent call last)" in failed.stderr
+    assert "in match_day" in failed.stderr  # where it happened, not only what
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"newsletter: {DAY}: match failed: ") and DISK_FULL in last
+
+
+def test_a_failed_day_is_done_by_the_next_run_once_the_cause_is_gone(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine
+) -> None:
+    with selections_refused(engine):
+        assert run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env).returncode != 0
+
+    again = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == f"{DAY}: completed"
+    assert (tmp_path / "outbox" / DAY.isoformat() / "ada@example.org.eml").exists()
+    status = run(["status"], tmp_path, **day_env)
+    assert f"{DAY}: completed | announced 1, selections 1, sent 1" in status.stdout
+
+
+def test_status_shows_a_day_whose_process_died_unrecorded_as_stalled_not_running(
+    tmp_path: Path, engine: Engine
+) -> None:
+    hours_ago = utcnow() - dt.timedelta(hours=7)
+    with Session(engine) as session:
+        session.add(Run(day=DAY, status=RunStatus.RUNNING, started_at=hours_ago))
+        session.commit()
+
+    status = run(["status"], tmp_path, NEWSLETTER_DATABASE_URL=engine.url.render_as_string(hide_password=False))
+
+    assert status.returncode == 0, status.stderr
+    assert f"{DAY}: running - no digest (stalled: running since {hours_ago:%Y-%m-%d %H:%M} UTC" in status.stdout

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from newsletter.models import DeliveryStatus, Run
+from newsletter.models import DeliveryStatus, Run, RunStatus
+from tests.conftest import inserts_refused
 from tests.servers import DeepLServer, SmtpSink
 from tests.workers_support import (  # noqa: F401 - the fixtures are used by name
     BIN,
@@ -95,3 +96,35 @@ def test_two_run_daily_commands_at_once_send_each_digest_once(
     with Session(pg_engine) as session:
         assert session.scalar(select(func.count()).select_from(Run)) == 1
     assert deliveries(pg_engine) == {DeliveryStatus.SENT: SUBSCRIBERS}
+
+
+def test_a_day_whose_stage_task_fails_shows_failed_with_the_reason_and_the_next_run_sends_it(
+    workers: Workers,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    pg_engine: Engine,
+    subscribers: list[str],
+    announced_day: list[str],
+    smtp_sink: SmtpSink,
+) -> None:
+    workers.start("worker-a")
+    refused = "the selection table is being restored; try again later"
+    run_day = ("run-daily", "--via-celery", "--date", "2026-11-24")
+
+    with inserts_refused(pg_engine, "selection", refused):
+        code, stdout, stderr = finish(newsletter(service_env, tmp_path, *run_day))
+
+    assert code != 0
+    assert stderr.strip().splitlines()[-1] == f"newsletter: match failed: RaiseException: {refused}"
+    with Session(pg_engine) as session:
+        assert session.scalars(select(Run.status).where(Run.day == DAY)).one() == RunStatus.FAILED
+    status = subprocess.run(
+        [str(BIN / "newsletter"), "status"], env=service_env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert f"2026-11-24: failed - no digest (failure: match failed: RaiseException: {refused}" in status.stdout
+
+    code, stdout, stderr = finish(newsletter(service_env, tmp_path, *run_day))
+
+    assert code == 0, stderr
+    assert "2026-11-24: completed" in stdout
+    assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})

@@ -29,6 +29,7 @@ DAY = dt.date(2026, 11, 24)
 CATEGORIES = ["cs.AI", "cs.LG"]
 REDIS_DB_URL = os.environ.get("NEWSLETTER_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/11")
 BIN = Path(sys.executable).parent
+REPOSITORY = Path(__file__).resolve().parents[1]
 TOPICS = ["graph neural network", "diffusion model", "reinforcement learning", "large language model"]
 SUBSCRIBERS = 200
 
@@ -80,6 +81,8 @@ def service_env_fixture(
     """The environment of a deployment pointed at the test's servers."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSLETTER_")}
     env.update(
+        # The commands and workers run this checkout's code, not wherever the package is installed.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")])),
         NEWSLETTER_ENVIRONMENT="test",
         NEWSLETTER_DATABASE_URL=pg_database_url,
         NEWSLETTER_REDIS_URL=redis_url,

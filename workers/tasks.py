@@ -31,6 +31,8 @@ from newsletter.pipeline import (
     deliver_chunk,
     delivery_chunks,
     end_run,
+    fail_run,
+    failure_reason,
     finish_day,
     harvest_day,
     match_day,
@@ -66,12 +68,13 @@ class DayTask(Task):
         day = args[0] if args else kwargs.get("day")
         if not day:
             return
-        reason = f"{self.name} gave up: {type(exc).__name__}: {exc}"[:2000]
+        reason = failure_reason(self.name.removeprefix("newsletter."), exc)
         try:
+            # A session of its own: the task's session was rolled back with the error.
             with session_scope(engine_for(settings.database_url)) as session:
-                end_run(session, dt.date.fromisoformat(day), RunStatus.FAILED, reason)
+                fail_run(session, dt.date.fromisoformat(day), reason)
         except Exception:  # the database may be what failed; the log keeps the reason
-            log.exception("could not record the failed run of %s", day)
+            log.exception("could not record the failed run of %s (%s)", day, reason)
 
 
 @contextmanager
