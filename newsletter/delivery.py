@@ -397,24 +397,33 @@ def _close(connection: smtplib.SMTP) -> None:
         pass
 
 
-def send_pace(settings: Settings) -> Callable[[], object]:
+def send_pace(
+    settings: Settings, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+) -> Callable[[], object]:
     """What each SMTP send waits for: NEWSLETTER_SMTP_MAX_PER_SECOND to one mail server, shared by
     every process that uses the same Redis (all the workers), or kept by this process without Redis."""
     client = reachable_redis(settings.redis_url)
     if client is None:
-        return Throttle(settings.smtp_max_per_second).wait
+        return Throttle(settings.smtp_max_per_second, clock=clock, sleep=sleep).wait
+    # Redis keeps the clock here (its server time), so every worker agrees on the schedule.
     key = f"newsletter:smtp-send:{settings.smtp_host}:{settings.smtp_port}"
-    return RequestPacer(RedisRequestSlots(client, 1.0 / settings.smtp_max_per_second, key)).wait_turn
+    return RequestPacer(RedisRequestSlots(client, 1.0 / settings.smtp_max_per_second, key), sleep=sleep).wait_turn
 
 
 class SmtpBackend:
     """SMTP through a small pool of reused sessions, paced to NEWSLETTER_SMTP_MAX_PER_SECOND (send_pace)."""
 
-    def __init__(self, settings: Settings, signer: DkimSigner | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        signer: DkimSigner | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.signer = signer
         self.pool = SmtpPool(self._connect, settings.smtp_pool_size)
-        self.pace = send_pace(settings)
+        self.pace = send_pace(settings, clock, sleep)
 
     def _tls_context(self) -> ssl.SSLContext:
         ca_file = self.settings.smtp_ca_file
