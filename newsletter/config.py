@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} must start with http:// or https://")
+        if not value.isascii():
+            # Links go into headers such as List-Unsubscribe, which carry ASCII only.
+            raise ValueError(f"{value!r} must be ASCII: the host in punycode (xn--...), the path percent-encoded")
         return value.rstrip("/") if not value.endswith("/rss/") else value
 
     @field_validator("default_timezone", "beat_timezone")

@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import threading
+import time
 from pathlib import Path
 
 import dkim
@@ -246,20 +247,42 @@ def send_from_threads(backends: list[SmtpBackend], settings: Settings, per_backe
         backend.close()
 
 
+class RecordedWaits:
+    """A sleep that only records what the pacer asked for, and a clock that those waits move on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.waits.append(seconds)
+            self.now += seconds
+
+
 def test_the_send_rate_is_one_cap_for_all_workers_sharing_redis(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    reachable_redis_or_skip(REDIS_URL)
+    client = reachable_redis_or_skip(REDIS_URL)
     settings = make_settings(
         "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_max_per_second=10,
         redis_url=REDIS_URL,
     )  # fmt: skip
+    client.delete(f"newsletter:smtp-send:127.0.0.1:{smtp_sink.port}")
+    recorded = RecordedWaits()
+    started = time.monotonic()
 
-    # Two backends, as two worker processes have, 4 digests each: 8 sends at 10 per second in all
-    # take 0.7 s; a cap per process would let them through in 0.3 s, twice the rate asked for.
-    send_from_threads([SmtpBackend(settings), SmtpBackend(settings)], settings, per_backend=4)
+    # Two backends, as two worker processes have, 4 digests each: at 10 per second in all the 8th send's
+    # slot is 0.7 s after the first; a cap per process would put it 0.3 s after.
+    backends = [SmtpBackend(settings, sleep=recorded.sleep) for _ in range(2)]
+    send_from_threads(backends, settings, per_backend=4)
 
-    arrivals = sorted(message.timestamp for message in smtp_sink.messages)
-    assert len(arrivals) == 8
-    assert arrivals[-1] - arrivals[0] >= 0.6
+    # Nobody slept, so the last slot Redis handed out lies within the time the sends took of the waits asked.
+    elapsed = time.monotonic() - started
+    assert len(smtp_sink.messages) == 8
+    assert max(recorded.waits) + elapsed >= 0.7 - 0.001
 
 
 def test_without_redis_each_process_keeps_the_send_rate_itself(tmp_path: Path, smtp_sink: SmtpSink) -> None:
@@ -267,12 +290,12 @@ def test_without_redis_each_process_keeps_the_send_rate_itself(tmp_path: Path, s
         "sqlite://", tmp_path, smtp_host="127.0.0.1", smtp_port=smtp_sink.port, smtp_max_per_second=10,
         redis_url="redis://127.0.0.1:1/0",
     )  # fmt: skip
+    recorded = RecordedWaits()
 
-    send_from_threads([SmtpBackend(settings)], settings, per_backend=4)
+    send_from_threads([SmtpBackend(settings, clock=recorded.clock, sleep=recorded.sleep)], settings, per_backend=4)
 
-    arrivals = sorted(message.timestamp for message in smtp_sink.messages)
-    assert len(arrivals) == 4
-    assert arrivals[-1] - arrivals[0] >= 0.25  # 4 sends at 10 per second
+    assert len(smtp_sink.messages) == 4
+    assert recorded.waits == pytest.approx([0.1, 0.1, 0.1])  # 4 sends at 10 per second: at 0, 0.1, 0.2, 0.3 s
 
 
 def test_threads_share_a_small_pool_of_connections(tmp_path: Path, smtp_sink: SmtpSink) -> None:
