@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from pathlib import Path
 
 from tests.real_text import REFERENCE_DAY, hostile_papers, reference_day
@@ -54,6 +55,9 @@ def test_a_real_day_with_hostile_abstracts_mails_every_subscriber_every_matching
     assert result.returncode == 0, result.stderr
     assert sorted(r for m in smtp_sink.messages for r in m.rcpt_tos) == sorted(readers)
     (raw,) = [m.raw for m in smtp_sink.messages if m.rcpt_tos == ["ada@example.org"]]
+    # What Gmail and Yahoo read: the literal URL on the raw header line, not an encoded word.
+    assert re.search(rb"^List-Unsubscribe: <https://digest\.example\.org/unsubscribe/[^>\s]+>\r$", raw, re.M)
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
     message = email.message_from_bytes(raw, policy=email.policy.default)
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
