@@ -179,3 +179,22 @@ def test_any_paper_is_matched_without_an_error(title: str, abstract: str) -> Non
     index = KeywordIndex.build([("reader", ["ab", "ti:x*", "\"r l\" OR ab AND NOT yz"])])
     index.select([PaperText(key="p", title=title, abstract=abstract)])
     assert index.unreadable == []
+
+
+def test_a_card_that_cannot_be_rendered_is_shown_plainly_and_the_digest_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stored highlight terms come from the database as JSON; a row written by hand or by an older
+    # version can hold something that is not a string.
+    broken = view("2612.90099", "Title with $\\alpha$ and <b>", "On RL.", terms=(42,))  # type: ignore[arg-type]
+    fine = view("2612.90098", "Fine $\\alpha$ title", "Reinforcement learning here.", ("reinforcement learning",))
+    digest = Digest(
+        email="ada@example.org", language="EN", timezone="UTC", day=dt.date(2026, 11, 24),
+        sections=[KeywordSection(keyword="RL", papers=[broken, fine])], links=LINKS,
+    )  # fmt: skip
+
+    rendered = DigestRenderer().render(digest)
+
+    assert "2612.90099" in caplog.text and "plain text" in caplog.text
+    assert "Title with $\\alpha$ and &lt;b&gt;" in rendered.html  # as typed, escaped, no highlight
+    assert "Fine α title" in rendered.html and "2612.90098" in rendered.text
