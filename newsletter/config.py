@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
+# A link is the base URL plus a path and a signed token (~150 characters); List-Unsubscribe
+# carries it on one header line, which SMTP caps at 998 octets.
+MAX_URL_LENGTH = 500
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
 
 
@@ -26,7 +29,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production", "test"] = "development"
     # Our own messages on stderr from this level; DEBUG also prints an unexpected error's traceback.
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     database_url: str = "sqlite:///newsletter.db"
     redis_url: str = "redis://localhost:6379/0"
 
@@ -127,6 +130,13 @@ class Settings(BaseSettings):
         if not value.isascii():
             # Links go into headers such as List-Unsubscribe, which carry ASCII only.
             raise ValueError(f"{value!r} must be ASCII: the host in punycode (xn--...), the path percent-encoded")
+        if any(char.isspace() or char in '<>,"' for char in value):
+            # Inside "<...>" in List-Unsubscribe these would end the URL or start a second one.
+            raise ValueError(f"{value!r} must not contain spaces or any of < > , \" (percent-encode them)")
+        if len(value) > MAX_URL_LENGTH:
+            raise ValueError(
+                f"{value[:60]!r}... is longer than {MAX_URL_LENGTH} characters: its links must fit one mail header line"
+            )
         return value.rstrip("/") if not value.endswith("/rss/") else value
 
     @field_validator("default_timezone", "beat_timezone")

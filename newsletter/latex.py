@@ -69,8 +69,8 @@ _SPAN = re.compile(
     r"(?P<math>\$\$(?:[^$\\]|\\.){1,3000}?\$\$"
     # Inline math hugs its dollars ("$x$") or has space inside both ("$ x $"): "costs $5 and the
     # other $" is two dollar signs, not math.
-    rf"|\$(?![^$]*?{_PROSE})(?:(?=\S)(?:[^$\\]|\\.){{1,4000}}(?<=\S)"
-    rf"|(?![^$]*?{_TWO_WORDS})\s(?:[^$\\]|\\.){{0,4000}}\s)\$(?!\d)"
+    rf"|\$(?![^$]*?{_PROSE})(?:(?=\S)(?:[^$\\]|\\.){{1,10000}}(?<=\S)"
+    rf"|(?![^$]*?{_TWO_WORDS})\s(?:[^$\\]|\\.){{0,10000}}\s)\$(?!\d)"
     r"|\\\(.{0,2000}?\\\)|\\\[.{0,3000}?\\\]"
     r"|\\begin\{(?P<env>[A-Za-z]{1,30}\*?)\}.{0,5000}?\\end\{(?P=env)\})"
     rf"|(?P<command>\\[A-Za-z]{{1,40}}\*?(?:\[[^\[\]{{}}]{{0,200}}\])?(?:{_BRACES}){{0,3}})"
@@ -319,10 +319,9 @@ def _render_command(source: str) -> str:
         return f"[{', '.join(args)}]"
     if name in _TEXT_ACCENTS and len(args) == 1 and len(args[0]) <= 1:
         return unicodedata.normalize("NFC", args[0] + _TEXT_ACCENTS[name]) if args[0] else ""
-    if not args and name in _SYMBOLS:
-        return _SYMBOLS[name]
-    if not args and name in _SPACES:
-        return " "
+    if not args:
+        # A bare symbol reads as itself; a bare \frac or \sqrt (its braces unbalanced) stays as typed.
+        return _SYMBOLS.get(name) or (" " if name in _SPACES else source)
     # Math written without its dollars (\sqrt{x}, \frac{a}{b}, \mathbb{R}) reads as math.
     rendered = render_math(source)
     return rendered if "\\" not in rendered else source

@@ -156,14 +156,19 @@ def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
 
 # Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi
 # overrides that can make a title display reversed ("Trojan Source").
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff\u202a-\u202e\u2066-\u2069]")
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` without the characters that must not reach a reader (controls, bidi overrides)."""
+    return _INVISIBLE.sub("", text)
 
 
 @lru_cache(maxsize=8192)
 def readable(text: str) -> str:
     """Title or abstract as a reader should see it: LaTeX math and markup turned into plain Unicode."""
     # Cached: a paper is shown to many subscribers (with different highlights), converted once.
-    return _INVISIBLE.sub("", latex_to_unicode(text))
+    return visible(latex_to_unicode(text))
 
 
 @dataclass(eq=False)
@@ -195,12 +200,18 @@ class PaperView:
             self.translation_missing, self.plain,
         )
 
+    def __post_init__(self) -> None:
+        # Names, comments and journal references carry LaTeX accents and stray controls too.
+        self.authors = tuple(map(self._shown, self.authors))
+        self.comment = self._shown(self.comment) if self.comment else self.comment
+        self.journal_ref = self._shown(self.journal_ref) if self.journal_ref else self.journal_ref
+
     def as_plain(self) -> PaperView:
         """This paper with its text as typed and nothing highlighted."""
         return dataclasses.replace(self, terms=(), plain=True)
 
     def _shown(self, raw: str) -> str:
-        return raw if self.plain else readable(raw)
+        return visible(raw) if self.plain else readable(raw)
 
     @cached_property
     def title(self) -> str:

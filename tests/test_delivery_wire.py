@@ -152,6 +152,22 @@ def test_a_non_ascii_base_url_is_refused_when_the_settings_are_read(tmp_path: Pa
         make_settings("sqlite://", tmp_path, base_url="https://新闻.example.org")
 
 
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("https://digest.example.org/a b", "must not contain spaces"),
+        ("https://digest.example.org/a>b,<c", "must not contain spaces or any of < > ,"),
+        ("https://digest.example.org/" + "a" * 1200, "longer than 500 characters"),
+    ],
+)
+def test_a_base_url_that_would_break_the_unsubscribe_header_is_refused_when_the_settings_are_read(
+    tmp_path: Path, base_url: str, reason: str
+) -> None:
+    # Accepted, it failed every delivery of every run, or split List-Unsubscribe into two URIs.
+    with pytest.raises(ValidationError, match=reason):
+        make_settings("sqlite://", tmp_path, base_url=base_url)
+
+
 def digest_with_unsubscribe_url(url: str) -> EmailMessage:
     rendered = RenderedDigest(subject="digest", text="papers\n", html="<p>papers</p>", preheader="")
     links = SubscriberLinks(manage="http://x/m", unsubscribe=url, archive="http://x/a")

@@ -3,6 +3,7 @@ fold and match, protect and restore, Unicode display, the rendered digest. None 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 
@@ -198,3 +199,19 @@ def test_a_card_that_cannot_be_rendered_is_shown_plainly_and_the_digest_goes_on(
     assert "2612.90099" in caplog.text and "plain text" in caplog.text
     assert "Title with $\\alpha$ and &lt;b&gt;" in rendered.html  # as typed, escaped, no highlight
     assert "Fine α title" in rendered.html and "2612.90098" in rendered.text
+
+
+def test_names_comments_and_journal_references_reach_the_reader_without_controls_or_bidi_overrides() -> None:
+    paper = dataclasses.replace(
+        view("2612.90097", "A title", "An abstract."),
+        authors=("\u202eevil\u202c Name", "Erwin Schr\\\"odinger"),
+        comment="Accepted at \\textit{NeurIPS}\x9b[31m", journal_ref="J. Phys.\u2066 12",
+    )  # fmt: skip
+    digest = Digest(email="ada@example.org", language="EN", timezone="UTC", day=dt.date(2026, 11, 24),
+                    sections=[KeywordSection(keyword="x", papers=[paper])], links=LINKS)  # fmt: skip
+
+    rendered = DigestRenderer().render(digest)
+
+    for part in (rendered.html, rendered.text):
+        assert "evil Name" in part and "Erwin Schrödinger" in part and "Accepted at NeurIPS[31m" in part
+        assert not re.search("[\x80-\x9f\u202a-\u202e\u2066-\u2069]", part)
