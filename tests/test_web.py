@@ -29,10 +29,10 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from newsletter.subscribers import find_subscriber, subscribe
-from newsletter.tokens import LinkSigner, Purpose
+from newsletter.tokens import LinkSigner, Purpose, subscriber_links
 from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
 from tests.real_text import hostile_papers, reference_day
-from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, visible_text
+from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, path_of, visible_text
 
 SECRET = "test-secret-key-0123456789"
 
@@ -360,6 +360,40 @@ def test_a_deleted_subscribers_old_link_never_opens_the_page_of_someone_given_th
     assert "no longer exists" in answer.text
 
 
+def test_a_link_mailed_to_a_deleted_subscriber_never_acts_for_the_next_one_with_the_same_number(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    # Both rows are created in the same second as the link: only the public ID tells them apart.
+    with Session(sqlite_engine) as db:
+        ada = add_subscriber(db, "ada@example.org", ["robotics"], days_ago=0)
+    links = subscriber_links(LinkSigner(SECRET), lite_settings.base_url, ada.public_id, "2026-11-24")
+    visitor = Visitor(lite_settings)
+    manage = path_of(links.manage)
+    visitor.submit(manage, f"{manage}/delete", {"confirm_delete": "yes"})
+    with Session(sqlite_engine) as db:
+        bob = add_subscriber(db, "bob@example.org", ["biology"], days_ago=0)
+    assert bob.id == ada.id and bob.public_id != ada.public_id
+
+    one_click = visitor.client.post(path_of(links.unsubscribe), data={"List-Unsubscribe": "One-Click"})
+
+    assert one_click.status_code == 400 and "no longer exists" in one_click.text
+    assert visitor.get(manage).status_code == 400
+    assert stored(lite_settings, "bob@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+
+def test_a_link_mailed_before_public_ids_still_unsubscribes_its_subscriber(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        ada = add_subscriber(db, "ada@example.org", ["robotics"])
+    legacy = f"/unsubscribe/{token_made_ago(Purpose.UNSUBSCRIBE, ada, dt.timedelta(days=30), by_row_id=True)}"
+
+    answer = Visitor(lite_settings).client.post(legacy, data={"List-Unsubscribe": "One-Click"})
+
+    assert answer.status_code == 200
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------------------------
 # Leaving and coming back
 # ---------------------------------------------------------------------------------------
@@ -598,6 +632,31 @@ def test_header_injection_through_the_email_field_is_refused(lite_settings: Sett
     assert answer.status_code == 422
     assert re.search(r'id="email-error">This email address is not valid', answer.text)
     assert not (Path(lite_settings.outbox_dir) / "confirmations").exists()
+
+
+def test_a_bad_address_is_explained_once(lite_settings: Settings) -> None:
+    answer = Visitor(lite_settings).subscribe("not-an-address")
+
+    reason = re.search(r'<p class="field-error" id="email-error">(.*?)</p>', answer.text, re.S)
+    assert answer.status_code == 422 and reason
+    assert " ".join(reason.group(1).split()) == "This email address is not valid: An email address must have an @-sign."
+
+
+def test_the_chinese_subscribe_page_gives_its_reasons_in_chinese(lite_settings: Settings) -> None:
+    visitor = Visitor(lite_settings, **{"Accept-Language": "zh-CN"})
+
+    bad_address = visitor.subscribe("not-an-address")
+    bad_keyword = visitor.subscribe("ada@example.org", "robotics\n(swarm")
+
+    address_reason = re.search(r'id="email-error">(.*?)</p>', bad_address.text, re.S)
+    assert bad_address.status_code == 422 and address_reason
+    assert "邮箱地址无效" in address_reason.group(1) and "@-sign" not in address_reason.group(1)
+    keyword_reason = re.search(r'id="keywords-error">(.*?)</p>', bad_keyword.text, re.S)
+    assert bad_keyword.status_code == 422 and keyword_reason
+    assert "第 2 行" in keyword_reason.group(1) and "括号不配对" in keyword_reason.group(1)
+    assert "parenthesis" not in keyword_reason.group(1)
+    check = visitor.get("/api/keywords", params={"keywords": "(swarm"}).json()
+    assert check["errors"] == ["第 1 行，第 1 个字符：括号不配对"]
 
 
 XSS = '<script>alert(1)</script>'
