@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from newsletter.config import Settings  # noqa: E402
 from newsletter.delivery import Sender, SmtpBackend, build_message  # noqa: E402
-from newsletter.models import Paper  # noqa: E402
+from newsletter.models import Paper, new_public_id  # noqa: E402
 from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view  # noqa: E402
 from newsletter.tokens import LinkSigner, subscriber_links  # noqa: E402
 
@@ -96,7 +96,7 @@ def free_port() -> int:
 def sample_digest(papers: int) -> tuple[RenderedDigest, LinkSigner]:
     """One digest rendered with the production template."""
     signer = LinkSigner("bench-secret-0123456789")
-    links = subscriber_links(signer, "https://digest.example.org", 1, "2026-11-24")
+    links = subscriber_links(signer, "https://digest.example.org", new_public_id(), "2026-11-24")
     views = [
         paper_view(
             Paper(
@@ -141,7 +141,7 @@ def send_all(
         for number in range(worker, count, threads):
             if time.perf_counter() > deadline:
                 return
-            links = subscriber_links(signer, settings.base_url, number, "2026-11-24")
+            links = subscriber_links(signer, settings.base_url, f"reader{number:05d}", "2026-11-24")
             message = build_message(rendered, f"reader{number:05d}@example.org", sender, links)
             if shared is not None:
                 shared.send(message)
@@ -203,7 +203,7 @@ def main() -> None:
         )
         rendered, signer = sample_digest(args.papers)
         size = len(build_message(rendered, "x@example.org", Sender("a@b.c", "n", "l"), subscriber_links(
-            signer, settings.base_url, 0, "d")).as_bytes())  # fmt: skip
+            signer, settings.base_url, new_public_id(), "d")).as_bytes())  # fmt: skip
         how = "STARTTLS + AUTH LOGIN" if args.tls else "plain SMTP"
         print(f"{args.messages} digests of {size / 1024:.0f} KiB ({args.papers} papers) to local aiosmtpd, {how}")
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work slows both ways)")

@@ -81,8 +81,12 @@ def db_upgrade() -> None:
 def subscribe(
     email: str,
     keyword: Annotated[list[str], typer.Option("--keyword", "-k", help="A keyword; repeat for more.")],
-    lang: Annotated[str, typer.Option("--lang", help="DeepL target language.")] = "ZH-HANS",
-    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone.")] = "Asia/Shanghai",
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="DeepL target language [default: NEWSLETTER_DEFAULT_LANGUAGE].")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA time zone [default: NEWSLETTER_DEFAULT_TIMEZONE].")
+    ] = None,
     confirmed: Annotated[bool, typer.Option("--confirmed", help="Skip the email confirmation.")] = False,
 ) -> None:
     """Add or update a subscriber."""

@@ -662,7 +662,7 @@ def _deliver_claimed(session: Session, delivery: Delivery, context: _DayContext,
 def _compose(session: Session, subscriber: Subscriber, context: _DayContext) -> tuple[Digest, EmailMessage]:
     assert subscriber.id is not None
     day = context.day
-    links = subscriber_links(context.signer, context.settings.base_url, subscriber.id, day.isoformat())
+    links = subscriber_links(context.signer, context.settings.base_url, subscriber.public_id, day.isoformat())
     digest = load_digest(session, subscriber, day, links)
     message_id = digest_message_id(context.sender, subscriber.email, day)
     message = build_message(context.renderer.render(digest), subscriber.email, context.sender, links, message_id)

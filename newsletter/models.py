@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from enum import StrEnum
 
 from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -26,11 +27,22 @@ class SubscriberStatus(StrEnum):
     BOUNCED = "bounced"
 
 
+def new_public_id() -> str:
+    """A random, unguessable subscriber ID for links (row IDs can be handed out again)."""
+    return secrets.token_urlsafe(16)
+
+
 class Subscriber(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
+    # Links name this, never the row ID: a deleted subscriber's link cannot reach whoever gets the number next.
+    public_id: str = Field(
+        default_factory=new_public_id,
+        sa_column=Column(String(32), nullable=False, unique=True, index=True, default=new_public_id),
+    )
     email: str = Field(max_length=320, sa_column_kwargs={"unique": True}, index=True)
-    language: str = Field(default="ZH-HANS", max_length=16)
-    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    # No defaults here: subscribers.subscribe fills them from Settings.
+    language: str = Field(max_length=16)
+    timezone: str = Field(max_length=64)
     status: SubscriberStatus = Field(
         default=SubscriberStatus.PENDING, sa_column=Column(String(16), nullable=False)
     )

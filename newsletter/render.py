@@ -805,5 +805,5 @@ def render_preview(session: Session, settings, email: str, day: dt.date | None) 
     if day is None:
         raise SubscriptionError(f"{email} has no digest yet: no papers were selected for them")
     signer = LinkSigner(signing_key(session, settings))
-    links = subscriber_links(signer, settings.base_url, subscriber.id, day.isoformat())
+    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat())
     return DigestRenderer().render(load_digest(session, subscriber, day, links)).html

@@ -1,4 +1,4 @@
-"""Signed links: each token names one subscriber and one purpose, and expires."""
+"""Signed links: each token names one subscriber (by public ID) and one purpose, and expires."""
 
 from __future__ import annotations
 
@@ -45,7 +45,10 @@ class InvalidToken(Exception):
 
 @dataclass(frozen=True)
 class TokenClaims:
-    subscriber_id: int
+    """Who a valid link names: their public ID, or the row ID in links signed before public IDs existed."""
+
+    public_id: str | None
+    subscriber_id: int | None = None
     extra: str = ""
     issued_at: dt.datetime | None = None
 
@@ -82,9 +85,9 @@ class LinkSigner:
     def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="arxiv-digest-links")
 
-    def make(self, purpose: Purpose, subscriber_id: int, extra: str = "") -> str:
-        """A token for `purpose` bound to the subscriber (and e.g. a day for the archive)."""
-        return self._serializer.dumps({"p": purpose.value, "s": subscriber_id, "x": extra})
+    def make(self, purpose: Purpose, public_id: str, extra: str = "") -> str:
+        """A token for `purpose` bound to the subscriber's public ID (and e.g. a day for the archive)."""
+        return self._serializer.dumps({"p": purpose.value, "s": public_id, "x": extra})
 
     def read(self, token: str, purpose: Purpose, max_age: int | None = None) -> TokenClaims:
         """The claims of a valid token for `purpose`; InvalidToken otherwise."""
@@ -96,9 +99,13 @@ class LinkSigner:
             raise InvalidToken("This link has expired.", "expired") from exc
         except BadSignature as exc:
             raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
-        if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), int):
+        if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), str | int):
             raise InvalidToken("This link is not valid for this page.", "wrong_page")
-        return TokenClaims(subscriber_id=data["s"], extra=str(data.get("x", "")), issued_at=signed_at)
+        subscriber, extra = data["s"], str(data.get("x", ""))
+        # Links mailed before public IDs carry the row ID; they stay valid until they expire (a year).
+        if isinstance(subscriber, int):
+            return TokenClaims(public_id=None, subscriber_id=subscriber, extra=extra, issued_at=signed_at)
+        return TokenClaims(public_id=subscriber, extra=extra, issued_at=signed_at)
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,10 @@ class SubscriberLinks:
     archive: str
 
 
-def subscriber_links(signer: LinkSigner, base_url: str, subscriber_id: int, day: str) -> SubscriberLinks:
-    """The links every digest carries."""
+def subscriber_links(signer: LinkSigner, base_url: str, public_id: str, day: str) -> SubscriberLinks:
+    """The links every digest carries, for the subscriber with `public_id`."""
     return SubscriberLinks(
-        manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, subscriber_id)}",
-        unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, subscriber_id)}",
-        archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, subscriber_id, day)}",
+        manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, public_id)}",
+        unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, public_id)}",
+        archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, public_id, day)}",
     )

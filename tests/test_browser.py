@@ -163,8 +163,9 @@ def test_a_reader_subscribes_confirms_manages_and_unsubscribes_in_a_browser(
 
         with Session(pg_engine) as db:
             subscriber = find_subscriber(db, address)
-            assert subscriber is not None and subscriber.id is not None
-            links = subscriber_links(LinkSigner(live_settings.secret_key or ""), base, subscriber.id, "2026-11-24")
+            assert subscriber is not None
+            signer = LinkSigner(live_settings.secret_key or "")
+            links = subscriber_links(signer, base, subscriber.public_id, "2026-11-24")
         page.goto(f"{links.unsubscribe}?lang=en")
         expect(page.get_by_text(f"Stop sending the arXiv digest to {address}?")).to_be_visible()
         shot("08-unsubscribe")

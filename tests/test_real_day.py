@@ -9,6 +9,8 @@ import email.policy
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.real_text import REFERENCE_DAY, hostile_papers, reference_day
 from tests.servers import ArxivServer, DeepLServer, SmtpSink, build_feed
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
@@ -23,6 +25,9 @@ def day_papers():  # type: ignore[no-untyped-def]
     return [reference.paper for reference in reference_day()] + hostile
 
 
+# pg_engine empties the run's schema first: an earlier test's subscriber with the same address and
+# papers already sent that day would otherwise get no digest.
+@pytest.mark.usefixtures("pg_engine")
 def test_a_real_day_with_hostile_abstracts_mails_every_subscriber_every_matching_paper(
     tmp_path: Path, pg_database_url: str, arxiv_server: ArxivServer, deepl_server: DeepLServer, smtp_sink: SmtpSink
 ) -> None:

@@ -47,7 +47,7 @@ def mailed(session: Session, subscriber_id: int, sender: Sender) -> tuple[EmailM
 
     subscriber = session.get(Subscriber, subscriber_id)
     assert subscriber is not None
-    links = subscriber_links(LinkSigner("test-secret-key-0123456789"), BASE_URL, subscriber_id, DAY.isoformat())
+    links = subscriber_links(LinkSigner("test-secret-key-0123456789"), BASE_URL, subscriber.public_id, DAY.isoformat())
     rendered = DigestRenderer().render(load_digest(session, subscriber, DAY, links))
     wire = build_message(rendered, subscriber.email, sender, links).as_bytes(policy=email.policy.SMTP)
     parsed = email.message_from_bytes(wire, policy=email.policy.default)

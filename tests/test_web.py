@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,10 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from newsletter.subscribers import find_subscriber, subscribe
-from newsletter.tokens import LinkSigner, Purpose
+from newsletter.tokens import LinkSigner, Purpose, subscriber_links
 from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
 from tests.real_text import hostile_papers, reference_day
-from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, visible_text
+from tests.web_helpers import CSRF_INPUT, Visitor, link_in, outbox_mail, path_of, visible_text
 
 SECRET = "test-secret-key-0123456789"
 
@@ -64,30 +65,42 @@ def keywords_of(settings: Settings, address: str) -> list[str]:
         )
 
 
+@dataclass(frozen=True)
+class Added:
+    """A subscriber a test added: the row ID for rows tied to them, the public ID for their links."""
+
+    id: int
+    public_id: str
+
+
 def add_subscriber(
     session: Session, address: str, keywords: list[str], confirmed: bool = True, days_ago: int = 60
-) -> int:
+) -> Added:
     """A subscriber who joined `days_ago` (before any link the test signs for them)."""
     subscriber = subscribe(session, address, keywords, confirmed=confirmed)
     subscriber.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
     session.commit()
     assert subscriber.id is not None
-    return subscriber.id
+    return Added(subscriber.id, subscriber.public_id)
 
 
-def token(purpose: Purpose, subscriber_id: int, extra: str = "") -> str:
-    return LinkSigner(SECRET).make(purpose, subscriber_id, extra)
+def token(purpose: Purpose, subscriber: Added, extra: str = "") -> str:
+    return LinkSigner(SECRET).make(purpose, subscriber.public_id, extra)
 
 
-def token_made_ago(purpose: Purpose, subscriber_id: int, age: dt.timedelta) -> str:
-    """A token in the production format, signed `age` ago (as if the mail had waited that long)."""
+def token_made_ago(purpose: Purpose, subscriber: Added, age: dt.timedelta, by_row_id: bool = False) -> str:
+    """A token in the production format, signed `age` ago (as if the mail had waited that long).
+
+    `by_row_id`: the format of links mailed before subscribers had public IDs.
+    """
 
     class SignedEarlier(TimestampSigner):
         def get_timestamp(self) -> int:
             return int(time.time() - age.total_seconds())
 
     serializer = URLSafeTimedSerializer(SECRET, salt="arxiv-digest-links", signer=SignedEarlier)
-    return serializer.dumps({"p": purpose.value, "s": subscriber_id, "x": ""})
+    named = subscriber.id if by_row_id else subscriber.public_id
+    return serializer.dumps({"p": purpose.value, "s": named, "x": ""})
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,10 +216,10 @@ def test_a_confirmation_mail_that_cannot_be_sent_says_so_and_may_be_retried_at_o
 
 def test_a_confirmation_link_expires_after_seven_days(lite_settings: Settings, sqlite_engine: Engine) -> None:
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"], confirmed=False)
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"], confirmed=False)
     visitor = Visitor(lite_settings)
-    fresh = token_made_ago(Purpose.CONFIRM, subscriber_id, dt.timedelta(days=6, hours=23))
-    old = token_made_ago(Purpose.CONFIRM, subscriber_id, dt.timedelta(days=7, minutes=1))
+    fresh = token_made_ago(Purpose.CONFIRM, subscriber, dt.timedelta(days=6, hours=23))
+    old = token_made_ago(Purpose.CONFIRM, subscriber, dt.timedelta(days=7, minutes=1))
 
     assert visitor.get(f"/confirm/{fresh}").status_code == 200
     expired = visitor.submit(f"/confirm/{fresh}", f"/confirm/{old}", {})
@@ -218,11 +231,11 @@ def test_a_confirmation_link_expires_after_seven_days(lite_settings: Settings, s
 
 def test_an_old_confirmation_link_does_not_undo_an_unsubscribe(lite_settings: Settings, sqlite_engine: Engine) -> None:
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"])
     visitor = Visitor(lite_settings)
-    visitor.submit("/", f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}", {})
+    visitor.submit("/", f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber)}", {})
 
-    answer = visitor.submit("/", f"/confirm/{token(Purpose.CONFIRM, subscriber_id)}", {})
+    answer = visitor.submit("/", f"/confirm/{token(Purpose.CONFIRM, subscriber)}", {})
 
     assert answer.status_code == 400
     assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
@@ -233,12 +246,12 @@ def test_a_bad_link_gets_a_clear_400_page_and_changes_nothing(
     lite_settings: Settings, sqlite_engine: Engine, mangle: str
 ) -> None:
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
-    good = token(Purpose.UNSUBSCRIBE, subscriber_id)
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"])
+    good = token(Purpose.UNSUBSCRIBE, subscriber)
     bad = {
         "tamper": good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB"),
         "truncate": good[: len(good) // 2],
-        "other_purpose": token(Purpose.MANAGE, subscriber_id),
+        "other_purpose": token(Purpose.MANAGE, subscriber),
         "garbage": "not-a-token",
     }[mangle]
     visitor = Visitor(lite_settings)
@@ -262,8 +275,8 @@ def test_a_bad_link_gets_a_clear_400_page_and_changes_nothing(
 def test_the_manage_link_changes_keywords_language_time_zone_and_pauses(
     settings: Settings, session: Session
 ) -> None:
-    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
-    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+    subscriber = add_subscriber(session, "ada@example.org", ["robotics"])
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber)}"
     visitor = Visitor(settings)
 
     page = visitor.get(manage)
@@ -286,8 +299,8 @@ def test_a_keyword_that_does_not_parse_is_shown_next_to_the_field_and_nothing_is
     lite_settings: Settings, sqlite_engine: Engine
 ) -> None:
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
-    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"])
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber)}"
 
     answer = Visitor(lite_settings).submit(
         manage, manage, {"keywords": "robotics\n  (swarm AND", "language": "ZH-HANS", "timezone": "Nowhere/City"}
@@ -304,15 +317,15 @@ def test_a_keyword_that_does_not_parse_is_shown_next_to_the_field_and_nothing_is
 def test_delete_my_data_removes_the_subscriber_and_keeps_only_an_anonymous_delivery_count(
     settings: Settings, session: Session
 ) -> None:
-    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
+    subscriber = add_subscriber(session, "ada@example.org", ["robotics"])
     day = dt.date(2026, 11, 24)
     session.add(Paper(arxiv_id="2611.00001", title="Swarm robotics", abstract="Robots."))
     session.flush()
-    session.add(Selection(day=day, subscriber_id=subscriber_id, arxiv_id="2611.00001", keyword_position=0))
-    session.add(SentPaper(subscriber_id=subscriber_id, arxiv_id="2611.00001", day=day))
-    session.add(Delivery(subscriber_id=subscriber_id, day=day, status=DeliveryStatus.SENT, paper_count=1))
+    session.add(Selection(day=day, subscriber_id=subscriber.id, arxiv_id="2611.00001", keyword_position=0))
+    session.add(SentPaper(subscriber_id=subscriber.id, arxiv_id="2611.00001", day=day))
+    session.add(Delivery(subscriber_id=subscriber.id, day=day, status=DeliveryStatus.SENT, paper_count=1))
     session.commit()
-    manage = f"/manage/{token(Purpose.MANAGE, subscriber_id)}"
+    manage = f"/manage/{token(Purpose.MANAGE, subscriber)}"
     visitor = Visitor(settings)
 
     unticked = visitor.submit(manage, f"{manage}/delete", {})
@@ -334,17 +347,51 @@ def test_a_deleted_subscribers_old_link_never_opens_the_page_of_someone_given_th
     lite_settings: Settings, sqlite_engine: Engine
 ) -> None:
     with Session(sqlite_engine) as db:
-        old_id = add_subscriber(db, "ada@example.org", ["robotics"])
-    old_link = f"/manage/{token_made_ago(Purpose.MANAGE, old_id, dt.timedelta(days=30))}"
+        old = add_subscriber(db, "ada@example.org", ["robotics"])
+    old_link = f"/manage/{token_made_ago(Purpose.MANAGE, old, dt.timedelta(days=30))}"
     visitor = Visitor(lite_settings)
     visitor.submit(old_link, f"{old_link}/delete", {"confirm_delete": "yes"})
     with Session(sqlite_engine) as db:  # SQLite hands the number out again
-        assert add_subscriber(db, "bob@example.org", ["biology"], days_ago=0) == old_id
+        assert add_subscriber(db, "bob@example.org", ["biology"], days_ago=0).id == old.id
 
     answer = visitor.get(old_link)
 
     assert answer.status_code == 400 and "bob@example.org" not in answer.text
     assert "no longer exists" in answer.text
+
+
+def test_a_link_mailed_to_a_deleted_subscriber_never_acts_for_the_next_one_with_the_same_number(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    # Both rows are created in the same second as the link: only the public ID tells them apart.
+    with Session(sqlite_engine) as db:
+        ada = add_subscriber(db, "ada@example.org", ["robotics"], days_ago=0)
+    links = subscriber_links(LinkSigner(SECRET), lite_settings.base_url, ada.public_id, "2026-11-24")
+    visitor = Visitor(lite_settings)
+    manage = path_of(links.manage)
+    visitor.submit(manage, f"{manage}/delete", {"confirm_delete": "yes"})
+    with Session(sqlite_engine) as db:
+        bob = add_subscriber(db, "bob@example.org", ["biology"], days_ago=0)
+    assert bob.id == ada.id and bob.public_id != ada.public_id
+
+    one_click = visitor.client.post(path_of(links.unsubscribe), data={"List-Unsubscribe": "One-Click"})
+
+    assert one_click.status_code == 400 and "no longer exists" in one_click.text
+    assert visitor.get(manage).status_code == 400
+    assert stored(lite_settings, "bob@example.org").status == SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+
+def test_a_link_mailed_before_public_ids_still_unsubscribes_its_subscriber(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    with Session(sqlite_engine) as db:
+        ada = add_subscriber(db, "ada@example.org", ["robotics"])
+    legacy = f"/unsubscribe/{token_made_ago(Purpose.UNSUBSCRIBE, ada, dt.timedelta(days=30), by_row_id=True)}"
+
+    answer = Visitor(lite_settings).client.post(legacy, data={"List-Unsubscribe": "One-Click"})
+
+    assert answer.status_code == 200
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,8 +400,8 @@ def test_a_deleted_subscribers_old_link_never_opens_the_page_of_someone_given_th
 
 
 def test_the_unsubscribe_page_asks_first_and_the_button_unsubscribes(settings: Settings, session: Session) -> None:
-    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
-    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+    subscriber = add_subscriber(session, "ada@example.org", ["robotics"])
+    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber)}"
     visitor = Visitor(settings)
 
     shown = visitor.get(unsubscribe)
@@ -370,8 +417,8 @@ def test_the_unsubscribe_page_asks_first_and_the_button_unsubscribes(settings: S
 def test_the_one_click_post_of_rfc_8058_unsubscribes_at_once_without_cookie_or_csrf(
     settings: Settings, session: Session
 ) -> None:
-    subscriber_id = add_subscriber(session, "ada@example.org", ["robotics"])
-    url = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+    subscriber = add_subscriber(session, "ada@example.org", ["robotics"])
+    url = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber)}"
     mail_provider = Visitor(settings).client  # no page visited: no cookie
 
     answer = mail_provider.post(url, content=b"List-Unsubscribe=One-Click",
@@ -385,8 +432,8 @@ def test_an_unsubscribed_reader_can_undo_it_or_subscribe_again_later(
     lite_settings: Settings, sqlite_engine: Engine
 ) -> None:
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["robotics"])
-    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber_id)}"
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"])
+    unsubscribe = f"/unsubscribe/{token(Purpose.UNSUBSCRIBE, subscriber)}"
     visitor = Visitor(lite_settings)
     visitor.submit(unsubscribe, unsubscribe, {})
 
@@ -413,27 +460,27 @@ def test_the_archive_shows_the_digest_a_subscriber_received_only_through_its_sig
 ) -> None:
     day = dt.date(2026, 11, 24)
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "ada@example.org", ["swarm robotics"])
+        subscriber = add_subscriber(db, "ada@example.org", ["swarm robotics"])
         db.add(Paper(arxiv_id="2611.00001", title="Decentralised swarm robotics at scale", abstract="Robots.",
                      authors=["A. Author"], categories=["cs.RO"], primary_category="cs.RO"))
         db.flush()
         db.add(Announcement(day=day, arxiv_id="2611.00001", announce_type="new"))
-        db.add(Selection(day=day, subscriber_id=subscriber_id, arxiv_id="2611.00001", keyword_position=0))
-        db.add(Delivery(subscriber_id=subscriber_id, day=day, status=DeliveryStatus.SENT, paper_count=1))
+        db.add(Selection(day=day, subscriber_id=subscriber.id, arxiv_id="2611.00001", keyword_position=0))
+        db.add(Delivery(subscriber_id=subscriber.id, day=day, status=DeliveryStatus.SENT, paper_count=1))
         db.commit()
     visitor = Visitor(lite_settings)
-    archive = f"/archive/{day}/{token(Purpose.ARCHIVE, subscriber_id, day.isoformat())}"
+    archive = f"/archive/{day}/{token(Purpose.ARCHIVE, subscriber, day.isoformat())}"
 
     page = visitor.get(archive)
 
     assert page.status_code == 200
     assert "Decentralised swarm robotics at scale" in page.text and "2611.00001" in page.text
     assert "script-src" not in page.headers["Content-Security-Policy"]
-    other_day = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber_id, day.isoformat())}")
+    other_day = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber, day.isoformat())}")
     assert other_day.status_code == 400
-    not_sent = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber_id, '2026-11-23')}")
+    not_sent = visitor.get(f"/archive/2026-11-23/{token(Purpose.ARCHIVE, subscriber, '2026-11-23')}")
     assert not_sent.status_code == 404 and "No digest" in not_sent.text
-    assert visitor.get(f"/archive/{day}/{token(Purpose.MANAGE, subscriber_id)}").status_code == 400
+    assert visitor.get(f"/archive/{day}/{token(Purpose.MANAGE, subscriber)}").status_code == 400
 
 
 # ---------------------------------------------------------------------------------------
@@ -587,6 +634,31 @@ def test_header_injection_through_the_email_field_is_refused(lite_settings: Sett
     assert not (Path(lite_settings.outbox_dir) / "confirmations").exists()
 
 
+def test_a_bad_address_is_explained_once(lite_settings: Settings) -> None:
+    answer = Visitor(lite_settings).subscribe("not-an-address")
+
+    reason = re.search(r'<p class="field-error" id="email-error">(.*?)</p>', answer.text, re.S)
+    assert answer.status_code == 422 and reason
+    assert " ".join(reason.group(1).split()) == "This email address is not valid: An email address must have an @-sign."
+
+
+def test_the_chinese_subscribe_page_gives_its_reasons_in_chinese(lite_settings: Settings) -> None:
+    visitor = Visitor(lite_settings, **{"Accept-Language": "zh-CN"})
+
+    bad_address = visitor.subscribe("not-an-address")
+    bad_keyword = visitor.subscribe("ada@example.org", "robotics\n(swarm")
+
+    address_reason = re.search(r'id="email-error">(.*?)</p>', bad_address.text, re.S)
+    assert bad_address.status_code == 422 and address_reason
+    assert "邮箱地址无效" in address_reason.group(1) and "@-sign" not in address_reason.group(1)
+    keyword_reason = re.search(r'id="keywords-error">(.*?)</p>', bad_keyword.text, re.S)
+    assert bad_keyword.status_code == 422 and keyword_reason
+    assert "第 2 行" in keyword_reason.group(1) and "括号不配对" in keyword_reason.group(1)
+    assert "parenthesis" not in keyword_reason.group(1)
+    check = visitor.get("/api/keywords", params={"keywords": "(swarm"}).json()
+    assert check["errors"] == ["第 1 行，第 1 个字符：括号不配对"]
+
+
 XSS = '<script>alert(1)</script>'
 
 
@@ -596,8 +668,8 @@ def test_script_in_keywords_is_shown_as_text_never_run(lite_settings: Settings, 
     rejected = visitor.subscribe("ada@example.org", f"{XSS}\n(broken")
     check = visitor.get("/api/keywords", params={"keywords": f'"{XSS}" AND'})
     with Session(sqlite_engine) as db:
-        subscriber_id = add_subscriber(db, "bob@example.org", ['"<img src=x onerror=alert(1)>" AND robots'])
-    manage = visitor.get(f"/manage/{token(Purpose.MANAGE, subscriber_id)}")
+        subscriber = add_subscriber(db, "bob@example.org", ['"<img src=x onerror=alert(1)>" AND robots'])
+    manage = visitor.get(f"/manage/{token(Purpose.MANAGE, subscriber)}")
 
     assert rejected.status_code == 422
     for page in (rejected.text, manage.text):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+
+from newsletter.subscribers import Problem, ProblemCode
 
 ENGLISH = "en"
 CHINESE = "zh-Hans"
@@ -34,7 +37,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "preview_count_one": "1 paper",
         "preview_title_one": "Matches on the last announcement day",
         "fix_errors": "Please correct the fields marked below.",
-        "line_error": "Line {line}, character {column}: {message}",
         "check_inbox_title": "Check your inbox",
         "check_inbox": "If {email} can receive mail, a message with a confirmation link is on its way. "
         "The link is valid for 7 days. Nothing is sent until you confirm.",
@@ -90,7 +92,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_found": "There is no page at this address.",
         "error_title": "Something went wrong",
         "home": "Back to the subscription page",
-        "email_invalid": "This email address is not valid: {reason}",
+        # One per subscribers.ProblemCode, with its parameters.
+        "email_line_break": "This email address is not valid: it cannot contain line breaks.",
+        "email_no_at_sign": "This email address is not valid: {detail}",
+        "email_local_part": "This email address is not valid: {detail}",
+        "email_domain": "This email address is not valid: {detail}",
+        "email_trailing_text": "This email address is not valid: {detail}",
+        "email_invalid": "This email address is not valid: {detail}",
+        "keyword_syntax": "Line {line}, character {column}: {message}",
         "keywords_none": "Give at least one keyword.",
         "keywords_too_many": "Too many keywords: {count} given, at most {limit} allowed.",
         "language_unknown": "Choose a language from the list.",
@@ -123,7 +132,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "preview_count_one": "1 篇论文",
         "preview_title_one": "最近一个公告日的匹配数",
         "fix_errors": "请修改下面标出的内容。",
-        "line_error": "第 {line} 行，第 {column} 个字符：{message}",
         "check_inbox_title": "请查收邮件",
         "check_inbox": "如果 {email} 能够接收邮件，一封带确认链接的邮件正在发送中。链接 7 天内有效。"
         "确认之前我们不会发送任何速递。",
@@ -176,7 +184,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_found": "此地址没有页面。",
         "error_title": "出错了",
         "home": "返回订阅页面",
-        "email_invalid": "邮箱地址无效：{reason}",
+        "email_line_break": "邮箱地址无效：不能包含换行。",
+        "email_no_at_sign": "邮箱地址无效：缺少 @ 符号。",
+        "email_local_part": "邮箱地址无效：@ 之前的部分有误。",
+        "email_domain": "邮箱地址无效：@ 之后的域名部分有误。",
+        "email_trailing_text": "邮箱地址无效：地址后面还有多余的内容，请只填写一个地址。",
+        "email_invalid": "邮箱地址无效，请检查后重新填写。",
+        "keyword_syntax": "第 {line} 行，第 {column} 个字符：{message}",
         "keywords_none": "请至少填写一个关键词。",
         "keywords_too_many": "关键词过多：填写了 {count} 个，最多 {limit} 个。",
         "language_unknown": "请从列表中选择语言。",
@@ -185,6 +199,39 @@ STRINGS: dict[str, dict[str, str]] = {
         "js_ok": "所有关键词均有效。",
     },
 }
+
+
+# The keyword parser explains itself in English (newsletter.keywords); its messages in Chinese.
+# The groups carry what the message quotes (a field, an operator, a term) over unchanged.
+KEYWORD_MESSAGES_ZH = [
+    (r"keyword longer than (\d+) characters", "关键词超过 {0} 个字符"),
+    (r"empty keyword", "关键词为空"),
+    (r"unclosed quote", "引号没有闭合"),
+    (r"unknown field '(.*)'", "未知字段 '{0}'"),
+    (r"NOT is not an operator, use ANDNOT", "NOT 不是运算符，请使用 ANDNOT"),
+    (r"unbalanced parenthesis", "括号不配对"),
+    (r"missing operator \(AND, OR or ANDNOT\) between terms", "词语之间缺少运算符（AND、OR 或 ANDNOT）"),
+    (r"operator (\S+) needs a term after it", "运算符 {0} 后面需要一个词语"),
+    (r"operator (\S+) needs a term before it", "运算符 {0} 前面需要一个词语"),
+    (r"expected a term", "此处需要一个词语"),
+    (r"field (\S+): needs a term after it", "字段 {0}: 后面需要一个词语"),
+    (r"empty parentheses", "括号内为空"),
+    (r"empty quoted phrase", "引号内为空"),
+    (r"wildcard \* is only allowed at the end of a term", "通配符 * 只能放在词语末尾"),
+    (r"invalid category '(.*)'", "无效的分类 '{0}'"),
+    (r"term '(.*)' has no letters or digits", "词语 '{0}' 不含字母或数字"),
+    (r"prefix '(.*)' is too short, use at least (\d+) letters before \*", "前缀 '{0}' 太短，* 前至少需要 {1} 个字母"),
+]
+_KEYWORD_MESSAGES = {CHINESE: [(re.compile(f"{pattern}$"), text) for pattern, text in KEYWORD_MESSAGES_ZH]}
+
+
+def keyword_message(language: str, message: str) -> str:
+    """The keyword parser's English `message` in `language` (as it is when there is no translation)."""
+    for pattern, text in _KEYWORD_MESSAGES.get(language, []):
+        found = pattern.match(message)
+        if found:
+            return text.format(*found.groups())
+    return message
 
 
 class Translator:
@@ -197,6 +244,13 @@ class Translator:
     def __call__(self, key: str, **values: object) -> str:
         text = self._strings.get(key) or STRINGS[ENGLISH][key]
         return text.format(**values) if values else text
+
+    def problem(self, problem: Problem) -> str:
+        """A subscriber service problem in this language."""
+        params = dict(problem.params)
+        if problem.code == ProblemCode.KEYWORD_SYNTAX:
+            params["message"] = keyword_message(self.language, str(params["message"]))
+        return self(problem.code.value, **params)
 
     def count(self, key: str, number: int, name: str = "count") -> str:
         """The string for `number` of something: `key_one` for exactly one, when there is such a string."""

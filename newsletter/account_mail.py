@@ -1,4 +1,4 @@
-"""The two mails the web app sends: the double opt-in link, and "you are already subscribed"."""
+"""The two mails about a subscription: the double opt-in link, and "you are already subscribed"."""
 
 from __future__ import annotations
 
