@@ -19,8 +19,6 @@ from sqlmodel import Session
 
 from newsletter.models import Delivery, DeliveryStatus, Run, RunStage, RunStatus, Stage, utcnow
 
-__all__ = ["Stage", "RunStage"]  # Stage is defined with the tables; the ledger is where it is used
-
 # A run left "running" this long lost its tasks (a broker wiped, say); a new trigger may restart it.
 STALE_RUN = dt.timedelta(hours=6)
 
@@ -127,7 +125,10 @@ def mark_harvested(session: Session, day: dt.date, announced: int, details: dict
 
 def mark_caught_up(session: Session, days: Iterable[dt.date]) -> None:
     """Note that these days were stored as missed days by a later harvest, in the caller's transaction."""
-    for run in session.scalars(select(Run).where(Run.day.in_(list(days)))):  # type: ignore[attr-defined]
+    days = list(days)
+    if not days:
+        return
+    for run in session.scalars(select(Run).where(Run.day.in_(days))):  # type: ignore[attr-defined]
         run.caught_up = True
         session.add(run)
 
