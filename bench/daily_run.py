@@ -42,9 +42,10 @@ from sqlmodel import Session  # noqa: E402
 from newsletter.config import Settings  # noqa: E402
 from newsletter.db import make_engine  # noqa: E402
 from newsletter.delivery import SmtpBackend  # noqa: E402
-from newsletter.models import Delivery, Run, SentPaper, Subscriber, SubscriberKeyword  # noqa: E402
+from newsletter.models import Delivery, Run, SentPaper, Stage, Subscriber, SubscriberKeyword  # noqa: E402
 from newsletter.pipeline import deliver_chunk  # noqa: E402
 from newsletter.render import DigestRenderer  # noqa: E402
+from newsletter.runs import stage_rows, stage_seconds  # noqa: E402
 from newsletter.schema import upgrade_schema  # noqa: E402
 from tests.servers import ArxivServer, DeepLServer, build_feed, make_paper  # noqa: E402
 
@@ -214,14 +215,15 @@ def main() -> None:
             if run.returncode != 0:
                 raise SystemExit(f"run-daily failed: {errors.strip()}")
             with Session(engine) as session:
-                stats = session.scalars(select(Run.stats).where(Run.day == DAY)).one()
+                run_row = session.scalars(select(Run).where(Run.day == DAY)).one()
+                stages, seconds = stage_rows(session, run_row), stage_seconds(session, run_row)
             os.killpg(workers.pid, signal.SIGTERM)
             workers.wait(timeout=60)
             workers = None
 
-            seconds = stats["seconds"]
-            sent = stats["deliver"]["sent"]
-            recipients = stats["fanout"]["recipients"]
+            sent = stages[Stage.DELIVER].sent or 0
+            recipients = stages[Stage.DELIVER].recipients or 0
+            processes = stages[Stage.MATCH].details.get("processes", 1)
             once = sum(1 for count in sink.per_recipient.values() if count == 1)
             settings = Settings(_env_file=None, **{  # type: ignore[call-arg]
                 key.removeprefix("NEWSLETTER_").lower(): value for key, value in env.items()
@@ -231,8 +233,8 @@ def main() -> None:
 
         print(f"daily run through Celery, {args.workers} worker processes: {args.subscribers} subscribers, "
               f"{args.papers} announced papers, arXiv delay {args.arxiv_delay} s")
-        for stage in ("harvest", "match", "translate", "deliver"):
-            note = f" (papers scanned in {stats['match'].get('processes', 1)} processes)" if stage == "match" else ""
+        for stage in Stage:
+            note = f" (papers scanned in {processes} processes)" if stage == Stage.MATCH else ""
             print(f"  {stage:<10} {seconds.get(stage, 0):8.1f} s{note}")
         print(f"  {'run total':<10} {seconds.get('total', 0):8.1f} s (run row: first stage to last digest)")
         print(f"  {'wall':<10} {wall:8.1f} s (`newsletter run-daily --via-celery`, enqueue to exit)")

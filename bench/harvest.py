@@ -95,8 +95,8 @@ def harvest_batched(session, feed_url: str, api_url: str, database_url: str) -> 
         arxiv_delay_seconds=0,
         categories=categories.split("+"),
     )
-    _, stats = harvest_stage(session, production_transports(settings), None, settings.categories)
-    return stats["announced"]
+    outcome = harvest_stage(session, production_transports(settings), None, settings.categories)
+    return outcome.counts["announced"]
 
 
 def harvest_naive(session, feed_url: str, api_url: str, database_url: str) -> int:  # type: ignore[no-untyped-def]

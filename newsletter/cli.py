@@ -160,10 +160,8 @@ def run_daily(
         with session_scope(_engine()) as session:
             summary = run(session, settings, production_transports(settings), day)
     typer.echo(f"{summary.day}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""))
-    seconds = summary.stats.get("seconds", {})
-    if seconds:
-        stages = ("harvest", "match", "translate", "deliver", "total")
-        typer.echo("seconds: " + ", ".join(f"{stage} {seconds[stage]}" for stage in stages if stage in seconds))
+    if summary.seconds:
+        typer.echo("seconds: " + ", ".join(f"{stage} {value}" for stage, value in summary.seconds.items()))
     if summary.status == "failed":
         raise CommandError(summary.reason or "the run failed")
 

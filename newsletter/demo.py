@@ -45,7 +45,7 @@ def run_demo(settings: Settings, engine: Engine) -> Iterator[str]:
             if find_subscriber(session, email) is None:
                 subscribe(session, email, keywords, language=language, confirmed=True)
         session.commit()
-        day, _ = harvest_stage(session, transports, None)
+        day = harvest_stage(session, transports, None).day
         cache = json.loads((SAMPLE_DIR / "translations.json").read_text(encoding="utf-8"))
         for language, entries in cache.items():
             store_cached_translations(session, language, entries)

@@ -29,8 +29,9 @@ from sqlmodel import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from newsletter.models import Announcement, AnnounceType, Paper, Run, RunStatus, utcnow
+from newsletter.models import Announcement, AnnounceType, Paper, Run, utcnow
 from newsletter.pacing import PacingUnavailable, RequestPacer
+from newsletter.runs import mark_harvested
 
 log = logging.getLogger(__name__)
 
@@ -772,12 +773,8 @@ def store_day(session: Session, harvest: DayHarvest) -> None:
         ]
         statement = _insert_for(session)(Announcement.__table__).on_conflict_do_nothing()
         session.execute(statement, rows)
-    run = session.scalars(select(Run).where(Run.day == harvest.day)).first() or Run(day=harvest.day)
-    run.harvested_at = utcnow()
-    run.status, run.reason, run.finished_at = RunStatus.RUNNING, None, None
-    run.stats = {**(run.stats or {}), "harvest": harvest.stats()}
-    session.add(run)
-    session.flush()
+    details = {key: value for key, value in harvest.stats().items() if key != "announced"}
+    mark_harvested(session, harvest.day, len(harvest.announcements), details)
 
 
 def is_harvested(session: Session, day: dt.date) -> bool:

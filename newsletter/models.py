@@ -117,19 +117,63 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class Stage(StrEnum):
+    """The daily run's stages in the order they run: the one place that order is written."""
+
+    HARVEST = "harvest"
+    MATCH = "match"
+    TRANSLATE = "translate"
+    DELIVER = "deliver"
+
+
 class Run(SQLModel, table=True):
-    """One daily run per announcement day."""
+    """One daily run per announcement day; its stages are rows of run_stage. Written by newsletter.runs."""
 
     id: int | None = Field(default=None, primary_key=True)
     day: dt.date = Field(sa_column_kwargs={"unique": True}, index=True)
     status: RunStatus = Field(default=RunStatus.RUNNING, sa_column=Column(String(24), nullable=False))
     reason: str | None = Field(default=None, sa_column=Column(Text))
+    # The stage a failed run stopped in (NULL when it failed before any stage, or did not fail).
+    failed_stage: Stage | None = Field(default=None, sa_column=Column(String(16)))
     started_at: dt.datetime = Field(default_factory=utcnow)
     finished_at: dt.datetime | None = None
-    stats: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
     billed_characters: int = 0
     # Set in the transaction that stored the day's papers: a rerun never fetches the day again.
     harvested_at: dt.datetime | None = None
+    # Stored as a missed day by a later day's harvest (from the API), not from its own feed.
+    caught_up: bool = False
+    harvest_failures: int = 0
+    # A harvest attempt that failed after the day itself was stored (a missed day's, say).
+    last_harvest_failure_at: dt.datetime | None = None
+    last_harvest_failure: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class RunStage(SQLModel, table=True):
+    """One stage of a day's run: when it ran and what it counted (NULL: not this stage's figure)."""
+
+    __tablename__ = "run_stage"
+    __table_args__ = (UniqueConstraint("run_id", "stage"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    stage: Stage = Field(sa_column=Column(String(16), nullable=False))
+    started_at: dt.datetime = Field(default_factory=utcnow)
+    finished_at: dt.datetime | None = None
+    seconds: float | None = None
+    announced: int | None = None  # harvest: papers the feed named for the day
+    selections: int | None = None  # match: (subscriber, paper) pairs chosen
+    translated: int | None = None  # translate: papers newly translated
+    recipients: int | None = None  # deliver: subscribers with papers for the day
+    queued: int | None = None  # deliver: recipients still owed a digest at the fan-out
+    # deliver: when every chunk of `queued` was handed to the workers (a redelivered fan-out then skips).
+    enqueued_at: dt.datetime | None = None
+    sent: int | None = None
+    failed: int | None = None
+    pending: int | None = None  # deliver: digests still claimed by a sender when the run ended
+    # Figures shown but never read to decide anything (replaced papers, DeepL requests, ...).
+    details: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
 
 
 class Selection(SQLModel, table=True):

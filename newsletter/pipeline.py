@@ -5,16 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from newsletter import runs
 from newsletter.config import Settings
 from newsletter.db import engine_for
 from newsletter.delivery import DeliveryResult, MailBackend, deliver_day, make_backend, recipients_for_day
@@ -45,6 +46,7 @@ from newsletter.models import (
     Run,
     RunStatus,
     Selection,
+    Stage,
     Subscriber,
     SubscriberStatus,
     utcnow,
@@ -110,10 +112,23 @@ def shared_arxiv_source(
 
 @dataclass
 class RunSummary:
+    """What a run of a day did: its outcome, the stages' results as shown, and seconds per stage."""
+
     day: dt.date | None
     status: str
     reason: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class HarvestOutcome:
+    """What a harvest call did for its day and for the missed days before it."""
+
+    day: dt.date | None  # None: arXiv made no announcement
+    counts: dict[str, Any] = field(default_factory=dict)  # the day's figures (empty when skipped)
+    caught_up: list[dt.date] = field(default_factory=list)  # missed days stored now, oldest first
+    skipped: str | None = None  # why the day was not harvested again
 
 
 def harvest_stage(
@@ -121,15 +136,14 @@ def harvest_stage(
     transports: Transports,
     day: dt.date | None = None,
     categories: Sequence[str] = (),
-) -> tuple[dt.date | None, dict]:
+) -> HarvestOutcome:
     """Store the papers announced on `day` (default: the feed's day) and on missed days before it.
 
     Everything is fetched first and written in one transaction; a day stored already is never fetched
-    again. Missed days are rebuilt from the API when `categories` are given. Returns the day (None when
-    arXiv made no announcement) and stage stats, with "caught_up" listing the missed days now stored.
+    again. Missed days are rebuilt from the API when `categories` are given; the outcome lists them.
     """
     if day is not None and is_harvested(session, day):
-        return day, {"skipped": "already harvested"}
+        return HarvestOutcome(day, skipped="already harvested")
     session.commit()  # nothing of ours stays pending while we wait on the network
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
@@ -141,24 +155,26 @@ def harvest_stage(
         raise
     for day_harvest in collected:
         store_day(session, day_harvest)
+    caught_up = sorted(d.day for d in collected if d.day != target)
+    runs.mark_caught_up(session, caught_up)
     if target is None:
-        _record_no_announcement(session, feed.day or expected_feed_day(utcnow()))
+        runs.record_no_announcement(session, feed.day or expected_feed_day(utcnow()), NO_ANNOUNCEMENT_REASON)
     else:
-        _forget_failure_note(session, target)
+        runs.clear_harvest_failure(session, target)
     try:
         session.commit()
     except IntegrityError as exc:
         # Another run stored the same day between our checks and our commit: its rows stand.
         session.rollback()
         if target is not None and is_harvested(session, target):
-            return target, {"skipped": "harvested by a concurrent run"}
+            return HarvestOutcome(target, skipped="harvested by a concurrent run")
         raise HarvestError("another run was storing the same days at the same time; try again") from exc
-    caught_up = [d.day.isoformat() for d in collected if d.day != target]
     mine = next((d for d in collected if d.day == target), None)
-    stats = mine.stats() if mine else {"skipped": "already harvested"} if target else {"announced": 0}
-    if caught_up:
-        stats["caught_up"] = caught_up
-    return target, stats
+    if mine is not None:
+        return HarvestOutcome(target, mine.stats(), caught_up)
+    if target is None:
+        return HarvestOutcome(None, {"announced": 0}, caught_up)
+    return HarvestOutcome(target, caught_up=caught_up, skipped="already harvested")
 
 
 def _collect_days(
@@ -207,120 +223,6 @@ def _collect_missed(
     return collect_missed_days(session, transports.details, categories, days, exclude)
 
 
-def _forget_failure_note(session: Session, day: dt.date) -> None:
-    run = session.scalars(select(Run).where(Run.day == day)).first()
-    if run is not None and "last_harvest_failure" in (run.stats or {}):
-        run.stats = {k: v for k, v in run.stats.items() if k != "last_harvest_failure"}
-        session.add(run)
-
-
-def _record_no_announcement(session: Session, day: dt.date) -> None:
-    run = session.scalars(select(Run).where(Run.day == day)).first()
-    if run is not None and run.harvested_at is not None:
-        return
-    run = run or Run(day=day)
-    run.status, run.reason, run.finished_at = RunStatus.NO_ANNOUNCEMENT, NO_ANNOUNCEMENT_REASON, utcnow()
-    session.add(run)
-
-
-def record_harvest_failure(session: Session, day: dt.date, reason: str) -> None:
-    """Note on the day's run why its harvest failed; the next run tries again."""
-    run = session.scalars(select(Run).where(Run.day == day)).first()
-    if run is not None and run.harvested_at is not None:
-        # The day itself is stored (the failure was a later or missed day's): keep its outcome, note the failure.
-        run.stats = {**(run.stats or {}), "last_harvest_failure": {"at": utcnow().isoformat(), "reason": reason}}
-        session.add(run)
-        session.commit()
-        return
-    run = run or Run(day=day)
-    failures = int((run.stats or {}).get("harvest_failures", 0)) + 1
-    run.status, run.reason, run.finished_at = RunStatus.FAILED, f"harvest failed: {reason}", utcnow()
-    run.stats = {**(run.stats or {}), "harvest_failures": failures}
-    session.add(run)
-    session.commit()
-
-
-def claim_run(session: Session, day: dt.date) -> Run:
-    """The day's run row, created once (unique on the day)."""
-    run = session.scalars(select(Run).where(Run.day == day)).first()
-    if run is not None:
-        return run
-    run = Run(day=day)
-    try:
-        with session.begin_nested():
-            session.add(run)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        run = session.scalars(select(Run).where(Run.day == day)).one()
-    return run
-
-
-# A run left "running" this long lost its tasks (a broker wiped, say); a new trigger may restart it.
-STALE_RUN = dt.timedelta(hours=6)
-
-
-def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
-    """Start the day's run: True for the one caller that created or reopened its row (commits)."""
-    if session.scalars(select(Run.id).where(Run.day == day)).first() is None:
-        try:
-            with session.begin_nested():
-                session.add(Run(day=day))
-            session.commit()
-            return True
-        except IntegrityError:
-            session.rollback()
-    run = _locked_run(session, day)
-    assert run is not None
-    reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT} | ({RunStatus.COMPLETED} if reopen_finished else set())
-    stale = run.status == RunStatus.RUNNING and run.started_at < utcnow() - STALE_RUN
-    if run.status not in reopenable and not stale:
-        session.commit()
-        return False
-    # The harvest is not redone, so its figures stay; every later stage records itself again.
-    kept = {key: value for key, value in (run.stats or {}).items() if key == "harvest"}
-    if "harvest" in kept:
-        kept["seconds"] = {"harvest": (run.stats or {}).get("seconds", {}).get("harvest")}
-    run.status, run.reason, run.finished_at, run.started_at, run.stats = RunStatus.RUNNING, None, None, utcnow(), kept
-    session.add(run)
-    session.commit()
-    return True
-
-
-def _locked_run(session: Session, day: dt.date) -> Run | None:
-    # Stage tasks on several workers write into the same row: serialize them on it.
-    return session.scalars(
-        select(Run).where(Run.day == day).with_for_update().execution_options(populate_existing=True)
-    ).first()
-
-
-def record_stage(session: Session, day: dt.date, stage: str, stats: dict[str, Any], seconds: float) -> None:
-    """Store one stage's counts and duration in the day's run row (commits)."""
-    run = _locked_run(session, day)
-    if run is None:
-        session.commit()
-        return
-    merged = dict(run.stats or {})
-    merged[stage] = stats
-    merged["seconds"] = {**merged.get("seconds", {}), stage: round(seconds, 3)}
-    run.stats = merged
-    session.add(run)
-    session.commit()
-
-
-def end_run(session: Session, day: dt.date, status: RunStatus, reason: str | None) -> None:
-    """Mark the day's run as ended with `status` (commits)."""
-    run = _locked_run(session, day)
-    if run is not None:
-        run.status, run.reason, run.finished_at = status, reason, utcnow()
-        session.add(run)
-    session.commit()
-
-
-# The reason column is Text, but a status line and a log line should stay readable.
-MAX_REASON = 2000
-
-
 class StageFailed(Exception):
     """A stage of the day's run raised unexpectedly; the run is recorded as failed (the cause is chained)."""
 
@@ -337,21 +239,14 @@ def failure_reason(stage: str, exc: BaseException) -> str:
     return f"{stage} failed: {type(cause).__name__}" + (f": {lines[0].strip()}" if lines else "")
 
 
-def fail_run(session: Session, day: dt.date, reason: str) -> None:
-    """Record the day's run as failed with `reason`, creating its row if need be; the next run retries it.
-
-    Give it a session of its own: the one the stage used may hold a transaction the error has
-    aborted, and a rollback there must not take the failure with it.
-    """
-    claim_run(session, day)
-    end_run(session, day, RunStatus.FAILED, reason[:MAX_REASON])
-
-
 @contextmanager
 def failing_run_on_error(
-    session: Session, day: dt.date, stage: str, expected: type[Exception] | tuple[type[Exception], ...] = ()
+    session: Session,
+    day: dt.date,
+    stage: Stage | None,
+    expected: type[Exception] | tuple[type[Exception], ...] = (),
 ) -> Iterator[None]:
-    """Run a stage; if it raises, record the day's run as failed in a fresh session and raise StageFailed.
+    """Run a stage (None: opening the run); if it raises, record the run failed in a fresh session, raise StageFailed.
 
     `expected` errors pass through untouched: their caller records them its own way.
     """
@@ -367,42 +262,34 @@ def failing_run_on_error(
         raise
 
 
-def _record_failure(session: Session, day: dt.date, stage: str, exc: BaseException) -> str:
-    reason = failure_reason(stage, exc)
+def _record_failure(session: Session, day: dt.date, stage: Stage | None, exc: BaseException) -> str:
+    reason = failure_reason(str(stage) if stage else "start", exc)
     session.rollback()
     try:
         with Session(session.get_bind(), expire_on_commit=False) as fresh:
-            fail_run(fresh, day, reason)
+            runs.fail_run(fresh, day, reason, stage)
     except Exception:  # the database may be what failed; the log and the command keep the reason
         log.exception("could not record the failed run of %s", day)
     return reason
 
 
-def run_is_open(session: Session, day: dt.date) -> bool:
-    """Whether the day's run is still in progress (later stages skip a run that ended)."""
-    status = session.scalar(select(Run.status).where(Run.day == day).execution_options(populate_existing=True))
-    return status == RunStatus.RUNNING
-
-
-def stage_recorded(session: Session, day: dt.date, stage: str) -> bool:
-    """Whether the day's open run has recorded `stage` already (a redelivered task then skips it)."""
-    stats = session.scalar(select(Run.stats).where(Run.day == day).execution_options(populate_existing=True))
-    return stage in (stats or {})
-
-
 def harvest_day(
     session: Session, transports: Transports, day: dt.date | None, categories: Sequence[str] = ()
-) -> tuple[dt.date | None, dict]:
-    """Harvest the day (or the latest) and record it in the day's run; None when nothing was announced."""
+) -> HarvestOutcome:
+    """Harvest the day (or the latest) and record it in its run; outcome.day is None when nothing was announced."""
     started = time.perf_counter()
-    announced_day, stats = harvest_stage(session, transports, day, categories)
-    if announced_day is None:
-        return None, stats
-    claim_run(session, announced_day)
+    outcome = harvest_stage(session, transports, day, categories)
+    if outcome.day is None:
+        return outcome
+    runs.claim_run(session, outcome.day)
     # A rerun that skipped the harvest keeps the first run's harvest figures.
-    if "skipped" not in stats:
-        record_stage(session, announced_day, "harvest", stats, time.perf_counter() - started)
-    return announced_day, stats
+    if outcome.skipped is None:
+        announced = int(outcome.counts.get("announced", 0))
+        details = {key: value for key, value in outcome.counts.items() if key != "announced"}
+        runs.record_stage(
+            session, outcome.day, Stage.HARVEST, time.perf_counter() - started, details, announced=announced
+        )
+    return outcome
 
 
 def match_day(session: Session, settings: Settings, day: dt.date) -> MatchResult:
@@ -410,7 +297,8 @@ def match_day(session: Session, settings: Settings, day: dt.date) -> MatchResult
     started = time.perf_counter()
     match = select_papers_for_day(session, day, settings.match_processes)
     session.commit()
-    record_stage(session, day, "match", vars(match), time.perf_counter() - started)
+    details = {key: value for key, value in vars(match).items() if key != "selections"}
+    runs.record_stage(session, day, Stage.MATCH, time.perf_counter() - started, details, selections=match.selections)
     return match
 
 
@@ -419,12 +307,11 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
     started = time.perf_counter()
     translation = translate_selected(session, day, translator, settings.deepl_daily_character_budget)
     session.commit()
-    run = _locked_run(session, day)
-    if run is not None:
-        run.billed_characters += translation.billed_characters
-        session.add(run)
-    session.commit()
-    record_stage(session, day, "translate", vars(translation), time.perf_counter() - started)
+    runs.add_billed_characters(session, day, translation.billed_characters)
+    details = {key: value for key, value in vars(translation).items() if key != "translated"}
+    runs.record_stage(
+        session, day, Stage.TRANSLATE, time.perf_counter() - started, details, translated=translation.translated
+    )
     return translation
 
 
@@ -452,18 +339,7 @@ def delivery_chunks(session: Session, day: dt.date, chunk_size: int) -> list[lis
     recipients = recipients_for_day(session, day)
     owed = sorted(set(session.scalars(retryable)) & set(recipients))
     chunks = [owed[start:start + chunk_size] for start in range(0, len(owed), chunk_size)]
-    run = _locked_run(session, day)
-    if run is not None:
-        stats = dict(run.stats or {})
-        stats["fanout"] = {
-            "recipients": len(recipients),
-            "queued": len(owed),
-            "chunks": len(chunks),
-            "started_at": utcnow().isoformat(),
-        }
-        run.stats = stats
-        session.add(run)
-    session.commit()
+    runs.start_delivery(session, day, recipients=len(recipients), queued=len(owed), chunks=len(chunks))
     return chunks
 
 
@@ -494,19 +370,9 @@ def claimed_elsewhere(session: Session, day: dt.date, subscriber_ids: list[int])
     )
 
 
-def delivery_counts(session: Session, day: dt.date) -> dict[str, int]:
-    """How many of the day's digests are sent, failed and still claimed."""
-    rows = dict(
-        session.execute(
-            select(Delivery.status, func.count()).where(Delivery.day == day).group_by(Delivery.status)
-        ).all()
-    )
-    return {status.value: int(rows.get(status, 0)) for status in DeliveryStatus}
-
-
 def finish_day(session: Session, day: dt.date, force: bool = False) -> Run | None:
     """Complete the day's run once no recipient is owed a digest (or at once if `force`); commits."""
-    run = _locked_run(session, day)
+    run = runs.locked_run(session, day)
     if run is None or run.status != RunStatus.RUNNING:
         session.commit()
         return run
@@ -514,26 +380,7 @@ def finish_day(session: Session, day: dt.date, force: bool = False) -> Run | Non
     if owed is not None and not force:
         session.commit()
         return None
-    counts = delivery_counts(session, day)
-    stats = dict(run.stats or {})
-    fanout = stats.get("fanout", {})
-    started = dt.datetime.fromisoformat(fanout["started_at"]) if "started_at" in fanout else utcnow()
-    stats["deliver"] = {"recipients": fanout.get("recipients", 0), **counts}
-    stats["seconds"] = {**stats.get("seconds", {}), "deliver": round((utcnow() - started).total_seconds(), 3)}
-    stats["seconds"]["total"] = round((utcnow() - run.started_at).total_seconds(), 3)
-    run.stats = stats
-    run.status, run.finished_at = RunStatus.COMPLETED, utcnow()
-    if not stats.get("match", {}).get("selections", 1) and not counts["sent"]:
-        run.reason = "no paper matched any subscriber's keywords"
-    elif counts["failed"]:
-        run.reason = f"{counts['failed']} deliveries failed"
-    elif counts["claimed"]:
-        run.reason = f"{counts['claimed']} digests are still being sent by another worker"
-    else:
-        run.reason = None
-    session.add(run)
-    session.commit()
-    return run
+    return runs.finish_run(session, run)
 
 
 def run_daily(
@@ -546,47 +393,53 @@ def run_daily(
     """The whole day in this process, idempotent: a rerun resumes and never sends a digest twice."""
     try:
         # Before the feed is read the day may be unknown: the failure goes to the day arXiv should show.
-        with failing_run_on_error(session, day or expected_feed_day(utcnow()), "harvest", expected=HarvestError):
-            announced_day, harvest_stats = harvest_day(session, transports, day, settings.categories)
+        with failing_run_on_error(session, day or expected_feed_day(utcnow()), Stage.HARVEST, expected=HarvestError):
+            harvest = harvest_day(session, transports, day, settings.categories)
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)
         failed_day = exc.day or day or expected_feed_day(utcnow())
-        record_harvest_failure(session, failed_day, str(exc))
+        runs.record_harvest_failure(session, failed_day, str(exc))
         return RunSummary(day=failed_day, status=RunStatus.FAILED, reason=f"harvest failed: {exc}")
     renderer = renderer or DigestRenderer()
     # Missed days caught up by this harvest get their own digests first, oldest first.
-    for missed in harvest_stats.get("caught_up", []):
-        deliver_harvested_day(session, settings, transports, dt.date.fromisoformat(missed), renderer)
-    if announced_day is None:
+    for missed in harvest.caught_up:
+        deliver_harvested_day(session, settings, transports, missed, renderer)
+    if harvest.day is None:
         return RunSummary(day=day, status=RunStatus.NO_ANNOUNCEMENT, reason=NO_ANNOUNCEMENT_REASON)
-    summary = deliver_harvested_day(session, settings, transports, announced_day, renderer)
-    if "skipped" not in harvest_stats:
-        summary.stats["harvest"] = harvest_stats
+    summary = deliver_harvested_day(session, settings, transports, harvest.day, renderer)
+    if harvest.skipped is None:
+        summary.stats[Stage.HARVEST] = harvest.counts
     return summary
 
 
 def deliver_harvested_day(
     session: Session, settings: Settings, transports: Transports, day: dt.date, renderer: DigestRenderer
 ) -> RunSummary:
-    """Match, translate and deliver a harvested day in this process, then complete its run.
+    """Match, translate and deliver a harvested day in this process, in stage order, then complete its run.
 
     A stage that raises leaves the run failed with its reason (StageFailed), never "running".
     """
-    with failing_run_on_error(session, day, "start"):
-        open_run(session, day, reopen_finished=True)
-    with failing_run_on_error(session, day, "match"):
-        match = match_day(session, settings, day)
-    with failing_run_on_error(session, day, "translate"):
-        translation = translate_day(session, settings, transports.translator, day)
-    with failing_run_on_error(session, day, "deliver"):
-        delivery = _deliver_owed(session, settings, transports.mail, day, renderer)
+    with failing_run_on_error(session, day, None):
+        runs.open_run(session, day, reopen_finished=True)
+    steps: dict[Stage, Callable[[], Any]] = {
+        Stage.MATCH: lambda: match_day(session, settings, day),
+        Stage.TRANSLATE: lambda: translate_day(session, settings, transports.translator, day),
+        Stage.DELIVER: lambda: _deliver_owed(session, settings, transports.mail, day, renderer),
+    }
+    results: dict[str, Any] = {}
+    for stage in Stage:
+        if stage in steps:
+            with failing_run_on_error(session, day, stage):
+                results[stage] = steps[stage]()
+    with failing_run_on_error(session, day, Stage.DELIVER):
         run = finish_day(session, day, force=True)
     assert run is not None
-    stats: dict[str, Any] = {"match": vars(match), "translate": vars(translation)}
-    stats["deliver"] = {k: v for k, v in vars(delivery).items() if k != "errors"}
-    stats["seconds"] = dict((run.stats or {}).get("seconds", {}))
-    return RunSummary(day=day, status=run.status, reason=run.reason, stats=stats)
+    stats: dict[str, Any] = {stage: vars(result) for stage, result in results.items()}
+    stats[Stage.DELIVER] = {k: v for k, v in stats[Stage.DELIVER].items() if k != "errors"}
+    return RunSummary(
+        day=day, status=run.status, reason=run.reason, stats=stats, seconds=runs.stage_seconds(session, run)
+    )
 
 
 def _deliver_owed(
@@ -600,47 +453,6 @@ def _deliver_owed(
         delivery.skipped += done.skipped
         delivery.bounced += done.bounced
     return delivery
-
-
-@dataclass
-class DayProgress:
-    """Where the day's run is, for a progress display."""
-
-    status: str
-    reason: str | None
-    stage: str
-    recipients: int
-    sent: int
-    failed: int
-    claimed: int
-    stats: dict[str, Any]
-
-
-def day_progress(session: Session, day: dt.date) -> DayProgress | None:
-    """The day's run status, its current stage and its delivery counts; None before the run exists."""
-    run = session.scalars(select(Run).where(Run.day == day).execution_options(populate_existing=True)).first()
-    if run is None:
-        return None
-    stats = dict(run.stats or {})
-    stage = next(
-        (name for key, name in _NEXT_STAGE if key in stats),
-        "harvest",
-    )
-    counts = delivery_counts(session, day)
-    return DayProgress(
-        status=run.status,
-        reason=run.reason,
-        stage=stage if run.status == RunStatus.RUNNING else str(run.status),
-        recipients=int(stats.get("fanout", {}).get("recipients", 0)),
-        sent=counts[DeliveryStatus.SENT],
-        failed=counts[DeliveryStatus.FAILED],
-        claimed=counts[DeliveryStatus.CLAIMED],
-        stats=stats,
-    )
-
-
-# The stage that runs once the keyed one is recorded, latest first.
-_NEXT_STAGE = (("fanout", "deliver"), ("translate", "fan-out"), ("match", "translate"), ("harvest", "match"))
 
 
 def latest_announcement_day(feed: FeedSource) -> dt.date | None:

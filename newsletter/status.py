@@ -10,12 +10,12 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import bounced_subscribers
-from newsletter.models import Delivery, Run, RunStatus, Subscriber, utcnow
-from newsletter.pipeline import STALE_RUN
+from newsletter.models import Delivery, Run, RunStatus, Stage, Subscriber, utcnow
+from newsletter.runs import STALE_RUN, stage_rows, stage_seconds
 from newsletter.translate import deepl_status_lines
 
 
-def no_digest_reason(run: Run, sent: int) -> str | None:
+def no_digest_reason(run: Run, sent: int, selections: int | None) -> str | None:
     """Why the run's day has no digest (None when digests went out or are still on their way)."""
     if run.status == RunStatus.NO_ANNOUNCEMENT:
         return "no announcement: " + (run.reason or "arXiv made no announcement")
@@ -26,8 +26,7 @@ def no_digest_reason(run: Run, sent: int) -> str | None:
         since = f"{run.started_at:%Y-%m-%d %H:%M} UTC"
         return f"stalled: running since {since}, its process probably died; the next run restarts it"
     if run.status == RunStatus.COMPLETED and sent == 0:
-        match = (run.stats or {}).get("match", {})
-        if not match.get("selections"):
+        if not selections:
             return "no matches: no paper matched any subscriber's keywords"
         return "no digest sent: " + (run.reason or "every delivery failed or was sent before")
     return None
@@ -55,38 +54,45 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
     latest = session.scalars(select(Run).order_by(Run.day.desc()).limit(runs)).all()
     if not latest:
         yield "runs: none yet"
-    lines: list[tuple[dt.date, str]] = []
-    for run in latest:
-        deliveries = dict(
-            session.execute(
-                select(Delivery.status, func.count()).where(Delivery.day == run.day).group_by(Delivery.status)
-            ).all()
-        )
-        stats = run.stats or {}
-        harvest = stats.get("harvest", {})
-        match = stats.get("match", {})
-        sent = deliveries.get("sent", 0)
-        reason = no_digest_reason(run, sent)
-        line = (
-            f"{run.day}: {run.status}"
-            + (f" - no digest ({reason})" if reason else (f" - {run.reason}" if run.reason else ""))
-            + f" | announced {harvest.get('announced', '-')}, selections {match.get('selections', '-')}"
-            + f", sent {sent}, failed {deliveries.get('failed', 0)}"
-            + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
-        )
-        seconds = stats.get("seconds", {})
-        if seconds:
-            line += " | seconds: " + ", ".join(
-                f"{stage} {seconds[stage]:.1f}"
-                for stage in ("harvest", "match", "translate", "deliver", "total")
-                if isinstance(seconds.get(stage), int | float)
-            )
-        failure = stats.get("last_harvest_failure")
-        if failure:
-            line += f" | last harvest attempt failed at {failure['at'][:16]}: {failure['reason']}"
-        lines.append((run.day, line))
+    lines = [(run.day, run_line(session, run)) for run in latest]
     for day in _missing_days([run.day for run in latest]):
         lines.append((day, f"{day}: no run recorded - no digest (the service did not run; the next run catches up)"))
     for _, line in sorted(lines, reverse=True):
         yield line
     yield from deepl_status_lines(session, settings)
+
+
+def run_line(session: Session, run: Run) -> str:
+    """One run: its outcome, why there is no digest, counts per stage, seconds per stage."""
+    deliveries = dict(
+        session.execute(
+            select(Delivery.status, func.count()).where(Delivery.day == run.day).group_by(Delivery.status)
+        ).all()
+    )
+    stages = stage_rows(session, run)
+    harvest, match = stages.get(Stage.HARVEST), stages.get(Stage.MATCH)
+    announced = harvest.announced if harvest is not None else None
+    selections = match.selections if match is not None else None
+    sent = deliveries.get("sent", 0)
+    reason = no_digest_reason(run, sent, selections)
+    line = (
+        f"{run.day}: {run.status}"
+        + (" (caught up)" if run.caught_up else "")
+        + (f" - no digest ({reason})" if reason else (f" - {run.reason}" if run.reason else ""))
+        + f" | announced {_count(announced)}, selections {_count(selections)}"
+        + f", sent {sent}, failed {deliveries.get('failed', 0)}"
+        + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
+    )
+    seconds = stage_seconds(session, run)
+    if seconds:
+        line += " | seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items())
+    if run.last_harvest_failure is not None and run.last_harvest_failure_at is not None:
+        line += (
+            f" | last harvest attempt failed at {run.last_harvest_failure_at:%Y-%m-%dT%H:%M}:"
+            f" {run.last_harvest_failure}"
+        )
+    return line
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)

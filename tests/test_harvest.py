@@ -75,9 +75,9 @@ def test_it_stores_new_and_cross_listed_papers_and_a_replacement_only_updates_th
     server.add_papers(new, cross, replaced)
     server.set_feed(CATEGORIES, build_feed(THURSDAY, [(new, "new"), (cross, "cross"), (replaced, "replace")]))
 
-    day, stats = harvest_stage(session, transports, None, CATEGORIES)
+    outcome = harvest_stage(session, transports, None, CATEGORIES)
 
-    assert day == THURSDAY
+    assert outcome.day == THURSDAY
     assert announced(session, THURSDAY) == {"2611.00001": "new", "2611.00002": "cross"}
     paper = session.get(Paper, "2611.00001", populate_existing=True)
     assert paper.title == "Scaling laws for $2.5\\times$ speed-ups"
@@ -87,7 +87,7 @@ def test_it_stores_new_and_cross_listed_papers_and_a_replacement_only_updates_th
     assert paper.categories == ["cs.LG", "stat.ML"] and paper.details_source == "api"
     updated = session.get(Paper, "2611.00003", populate_existing=True)
     assert (updated.version, updated.title) == (2, "New title")
-    assert stats["announced"] == 2 and stats["replaced"] == 1
+    assert outcome.counts["announced"] == 2 and outcome.counts["replaced"] == 1
 
 
 def test_a_replacement_of_a_paper_never_stored_is_neither_fetched_nor_stored(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
@@ -182,7 +182,7 @@ def test_a_feed_answering_503_once_is_asked_again(session: Session, arxiv) -> No
     server.set_feed(CATEGORIES, build_feed(THURSDAY, [paper]))
     server.fail_next(1, 503, path_prefix="/rss")
 
-    day, _ = harvest_stage(session, transports, None, CATEGORIES)
+    day = harvest_stage(session, transports, None, CATEGORIES).day
 
     assert day == THURSDAY and len(server.feed_requests) == 2
     assert set(announced(session, THURSDAY)) == {"2611.00001"}
@@ -357,9 +357,9 @@ def test_missed_days_are_caught_up_from_the_api_submission_windows_without_dupli
     server.add_papers(tue_new, wed_new, wed_cross, elsewhere, thursday_paper)
     server.set_feed(CATEGORIES, build_feed(THURSDAY, [thursday_paper]))
 
-    day, stats = harvest_stage(session, transports, None, CATEGORIES)
+    outcome = harvest_stage(session, transports, None, CATEGORIES)
 
-    assert day == THURSDAY and stats["caught_up"] == ["2026-11-17", "2026-11-18"]
+    assert outcome.day == THURSDAY and outcome.caught_up == [dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
     assert announced(session, tuesday) == {"2611.00020": "new"}
     assert announced(session, wednesday) == {"2611.00030": "new", "2611.00031": "cross"}
     assert announced(session, THURSDAY) == {"2611.00040": "new"}

@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 from newsletter.config import Settings
 from newsletter.db import engine_for, session_scope
 from newsletter.models import RunStatus
-from newsletter.pipeline import DayProgress, RunSummary, day_progress
+from newsletter.pipeline import RunSummary
+from newsletter.runs import RunProgress, run_progress
 
 POLL_SECONDS = 0.5
 
@@ -55,19 +56,19 @@ def wait_for_day(engine: Engine, day: dt.date, timeout: float, console: Console)
         bar = progress.add_task(f"{day}: waiting for a worker", total=None, detail="")
         while True:
             with session_scope(engine) as session:
-                view = day_progress(session, day)
+                view = run_progress(session, day)
             if view is not None:
                 _show(progress, bar, day, view)
                 if view.status != RunStatus.RUNNING:
-                    return RunSummary(day=day, status=view.status, reason=view.reason, stats=view.stats)
+                    return RunSummary(day=day, status=view.status, reason=view.reason, seconds=view.seconds)
             if time.monotonic() > deadline:
                 raise RunTimeout(f"{day} did not finish within {timeout:.0f} s; is a worker running?")
             time.sleep(POLL_SECONDS)
 
 
-def _show(progress: Progress, bar, day: dt.date, view: DayProgress) -> None:  # type: ignore[no-untyped-def]
+def _show(display: Progress, bar, day: dt.date, view: RunProgress) -> None:  # type: ignore[no-untyped-def]
     done = view.sent + view.failed
-    progress.update(
+    display.update(
         bar,
         description=f"{day}: {view.stage}",
         completed=done,

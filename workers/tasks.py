@@ -1,19 +1,20 @@
 """Celery tasks: thin wrappers that take dates and IDs, open a session and call one pipeline function.
 
-A day runs as a chain, harvest -> match -> translate -> fan_out, and fan_out enqueues one
-send_digests task per chunk of recipients. Every task is idempotent (the run row and the
-delivery claims record what is done), acknowledged late and retried with jittered backoff
-on errors that pass (database or Redis unreachable, arXiv down).
+A day runs as a chain of one task per Stage, in Stage's order (harvest, match, translate, and
+fan_out for deliver), and fan_out enqueues one send_digests task per chunk of recipients.
+Every task is idempotent (the run ledger and the delivery claims record what is done),
+acknowledged late and retried with jittered backoff on errors that pass (database or Redis
+unreachable, arXiv down).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import Any
 
 from celery import Task, chain
 from celery.exceptions import SoftTimeLimitExceeded
@@ -25,24 +26,20 @@ from sqlmodel import Session
 
 from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
-from newsletter.models import RunStatus
+from newsletter.models import RunStatus, Stage
 from newsletter.pipeline import (
     claimed_elsewhere,
     deliver_chunk,
     delivery_chunks,
-    end_run,
-    fail_run,
     failure_reason,
     finish_day,
     harvest_day,
     match_day,
     production_transports,
-    record_stage,
-    run_is_open,
-    stage_recorded,
     translate_day,
 )
 from newsletter.render import DigestRenderer
+from newsletter.runs import deliveries_enqueued, end_run, fail_run, mark_enqueued, run_is_open, stage_finished
 from workers.celery_app import app, settings
 from workers.schedule import POLL_TASK, in_poll_window
 from workers.trigger import StartedDay, day_lock, redis_client, start_day
@@ -63,6 +60,8 @@ class DayTask(Task):
     retry_backoff_max = 300
     retry_jitter = True
     max_retries = 6
+    # The stage of the day this task does; a failure is recorded against it.
+    stage: Stage | None = None
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def, override]
         day = args[0] if args else kwargs.get("day")
@@ -72,7 +71,7 @@ class DayTask(Task):
         try:
             # A session of its own: the task's session was rolled back with the error.
             with session_scope(engine_for(settings.database_url)) as session:
-                fail_run(session, dt.date.fromisoformat(day), reason)
+                fail_run(session, dt.date.fromisoformat(day), reason, self.stage)
         except Exception:  # the database may be what failed; the log keeps the reason
             log.exception("could not record the failed run of %s (%s)", day, reason)
 
@@ -99,6 +98,7 @@ def renderer() -> DigestRenderer:
 @app.task(
     base=DayTask,
     name="newsletter.harvest",
+    stage=Stage.HARVEST,
     autoretry_for=(*TRANSIENT, HarvestError),
     max_retries=5,
     soft_time_limit=1800,
@@ -109,57 +109,58 @@ def harvest(day: str) -> str:
     with day_session(day) as (session, date), locked_day(date, 1900):
         if not run_is_open(session, date):
             return "skipped: the run ended"
-        announced, stats = harvest_day(session, production_transports(settings), date, settings.categories)
-        if announced is None:
+        harvest = harvest_day(session, production_transports(settings), date, settings.categories)
+        if harvest.day is None:
             end_run(session, date, RunStatus.NO_ANNOUNCEMENT, "the feed shows no announcement")
             return "no announcement"
     # Days missed while the service was down were harvested too; each gets its own digests.
-    for missed in stats.get("caught_up", []):
-        chain(match.si(missed), translate.si(missed), fan_out.si(missed)).apply_async()
+    for missed in harvest.caught_up:
+        day_chain(missed, after=Stage.HARVEST).apply_async()
     return "harvested"
 
 
-def stage_pending(session: Session, date: dt.date, stage: str) -> bool:
+def stage_pending(session: Session, date: dt.date, stage: Stage) -> bool:
     """Whether the run is open and `stage` not yet done in it (a redelivered duplicate is skipped)."""
-    return run_is_open(session, date) and not stage_recorded(session, date, stage)
+    return run_is_open(session, date) and not stage_finished(session, date, stage)
 
 
-@app.task(base=DayTask, name="newsletter.match", soft_time_limit=600, time_limit=660)
+@app.task(base=DayTask, name="newsletter.match", stage=Stage.MATCH, soft_time_limit=600, time_limit=660)
 def match(day: str) -> str:
     """Select every subscriber's papers for the day."""
     with day_session(day) as (session, date), locked_day(date, 660):
-        if not stage_pending(session, date, "match"):
+        if not stage_pending(session, date, Stage.MATCH):
             return "skipped"
         return f"{match_day(session, settings, date).selections} selections"
 
 
-@app.task(base=DayTask, name="newsletter.translate", soft_time_limit=1800, time_limit=1900)
+@app.task(base=DayTask, name="newsletter.translate", stage=Stage.TRANSLATE, soft_time_limit=1800, time_limit=1900)
 def translate(day: str) -> str:
     """Translate the day's selected papers (DeepL, cached per paper and language)."""
     with day_session(day) as (session, date), locked_day(date, 1900):
-        if not stage_pending(session, date, "translate"):
+        if not stage_pending(session, date, Stage.TRANSLATE):
             return "skipped"
         return f"{translate_day(session, settings, production_transports(settings).translator, date).translated}"
 
 
-@app.task(base=DayTask, name="newsletter.fan_out", soft_time_limit=300, time_limit=360)
+@app.task(base=DayTask, name="newsletter.fan_out", stage=Stage.DELIVER, soft_time_limit=300, time_limit=360)
 def fan_out(day: str) -> int:
     """Enqueue one send task per chunk of the recipients still owed the day's digest."""
     with day_session(day) as (session, date), locked_day(date, 360):
-        if not stage_pending(session, date, "enqueued"):
+        if not run_is_open(session, date) or deliveries_enqueued(session, date):
             return 0
-        started = time.perf_counter()
         chunks = delivery_chunks(session, date, settings.delivery_chunk_size)
         for chunk in chunks:
             send_digests.delay(day, chunk)
         # Recorded after the enqueueing: a fan-out that died halfway is redone, never skipped.
-        record_stage(session, date, "enqueued", {"chunks": len(chunks)}, time.perf_counter() - started)
+        mark_enqueued(session, date)
         if not chunks:
             finish_day(session, date)
     return len(chunks)
 
 
-@app.task(base=DayTask, bind=True, name="newsletter.send_digests", soft_time_limit=900, time_limit=960)
+@app.task(
+    base=DayTask, bind=True, name="newsletter.send_digests", stage=Stage.DELIVER, soft_time_limit=900, time_limit=960
+)
 def send_digests(self: Task, day: str, subscriber_ids: list[int]) -> dict:
     """Send the day's digests to a chunk of subscribers; the last chunk to finish completes the run."""
     backend = production_transports(settings).mail
@@ -179,10 +180,22 @@ def send_digests(self: Task, day: str, subscriber_ids: list[int]) -> dict:
     return {"sent": result.sent, "failed": result.failed, "skipped": result.skipped}
 
 
+# The task that starts each stage (deliver's fan-out enqueues the send tasks).
+STAGE_TASKS: dict[Stage, Any] = {Stage.HARVEST: harvest, Stage.MATCH: match, Stage.TRANSLATE: translate,
+                                 Stage.DELIVER: fan_out}
+
+
+def day_chain(day: dt.date | str, after: Stage | None = None) -> Any:
+    """The day's stage tasks as one chain, in Stage order (from the stage after `after`)."""
+    iso = day if isinstance(day, str) else day.isoformat()
+    stages = list(Stage)
+    first = stages.index(after) + 1 if after is not None else 0
+    return chain(*(STAGE_TASKS[stage].si(iso) for stage in stages[first:]))
+
+
 def enqueue_day(day: dt.date) -> None:
     """Queue the day's chain of stage tasks."""
-    iso = day.isoformat()
-    chain(harvest.si(iso), match.si(iso), translate.si(iso), fan_out.si(iso)).apply_async()
+    day_chain(day).apply_async()
 
 
 @app.task(

@@ -12,13 +12,8 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import RunStatus
-from newsletter.pipeline import (
-    NO_ANNOUNCEMENT_REASON,
-    end_run,
-    latest_announcement_day,
-    open_run,
-    production_transports,
-)
+from newsletter.pipeline import NO_ANNOUNCEMENT_REASON, latest_announcement_day, production_transports
+from newsletter.runs import end_run, open_run
 
 TRIGGER_LOCK = "newsletter:lock:trigger"
 TRIGGER_LOCK_SECONDS = 120

@@ -1,0 +1,360 @@
+"""The day's run ledger: open the run, record a stage, fail, finish, and read where it is.
+
+Every write to `run` and `run_stage` goes through here, and what decides the next step is a typed
+column: the run's status, its failed stage, the stage rows' finish times and counts. Functions that
+say "commits" end their transaction; the others add to the caller's (a harvest stores its papers and
+marks the day harvested in one commit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from newsletter.models import Delivery, DeliveryStatus, Run, RunStage, RunStatus, Stage, utcnow
+
+# A run left "running" this long lost its tasks (a broker wiped, say); a new trigger may restart it.
+STALE_RUN = dt.timedelta(hours=6)
+
+# The reason column is Text, but a status line and a log line should stay readable.
+MAX_REASON = 2000
+
+# The typed count columns of run_stage a stage may set.
+COUNT_COLUMNS = frozenset(
+    {"announced", "selections", "translated", "recipients", "queued", "sent", "failed", "pending"}
+)
+
+
+def find_run(session: Session, day: dt.date) -> Run | None:
+    """The day's run as the database has it now (not a stale copy from the session)."""
+    return session.scalars(select(Run).where(Run.day == day).execution_options(populate_existing=True)).first()
+
+
+def locked_run(session: Session, day: dt.date) -> Run | None:
+    """The day's run, locked until the caller commits."""
+    # Stage tasks on several workers write into the same row: serialize them on it.
+    return session.scalars(
+        select(Run).where(Run.day == day).with_for_update().execution_options(populate_existing=True)
+    ).first()
+
+
+def claim_run(session: Session, day: dt.date) -> Run:
+    """The day's run row, created once (unique on the day); commits."""
+    run = find_run(session, day)
+    if run is not None:
+        return run
+    run = Run(day=day)
+    try:
+        with session.begin_nested():
+            session.add(run)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        run = session.scalars(select(Run).where(Run.day == day)).one()
+    return run
+
+
+def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
+    """Start the day's run: True for the one caller that created or reopened its row (commits)."""
+    if session.scalars(select(Run.id).where(Run.day == day)).first() is None:
+        try:
+            with session.begin_nested():
+                session.add(Run(day=day))
+            session.commit()
+            return True
+        except IntegrityError:
+            session.rollback()
+    run = locked_run(session, day)
+    assert run is not None
+    reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT} | ({RunStatus.COMPLETED} if reopen_finished else set())
+    stale = run.status == RunStatus.RUNNING and run.started_at < utcnow() - STALE_RUN
+    if run.status not in reopenable and not stale:
+        session.commit()
+        return False
+    # The harvest is not redone, so its row stays; every later stage records itself again.
+    session.execute(delete(RunStage).where(RunStage.run_id == run.id, RunStage.stage != Stage.HARVEST))
+    run.status, run.reason, run.failed_stage = RunStatus.RUNNING, None, None
+    run.started_at, run.finished_at = utcnow(), None
+    session.add(run)
+    session.commit()
+    return True
+
+
+def _stage_row(session: Session, run: Run, stage: Stage) -> RunStage:
+    """The run's row for `stage`, created (started now) if it has none."""
+    if run.id is None:
+        session.flush()
+    row = session.scalars(
+        select(RunStage).where(RunStage.run_id == run.id, RunStage.stage == stage).execution_options(
+            populate_existing=True
+        )
+    ).first()
+    if row is None:
+        assert run.id is not None
+        row = RunStage(run_id=run.id, stage=stage)
+        session.add(row)
+    return row
+
+
+def _set_counts(row: RunStage, counts: dict[str, int]) -> None:
+    unknown = set(counts) - COUNT_COLUMNS
+    if unknown:
+        raise ValueError(f"run_stage has no count column {sorted(unknown)}")
+    for name, value in counts.items():
+        setattr(row, name, int(value))
+
+
+def mark_harvested(session: Session, day: dt.date, announced: int, details: dict[str, Any]) -> None:
+    """Mark the day's papers stored and record its harvest counts, in the caller's transaction."""
+    run = session.scalars(select(Run).where(Run.day == day)).first() or Run(day=day)
+    now = utcnow()
+    run.harvested_at = now
+    run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
+    session.add(run)
+    session.flush()
+    row = _stage_row(session, run, Stage.HARVEST)
+    row.started_at, row.finished_at, row.announced, row.details = now, now, announced, details
+    session.flush()
+
+
+def mark_caught_up(session: Session, days: Iterable[dt.date]) -> None:
+    """Note that these days were stored as missed days by a later harvest, in the caller's transaction."""
+    days = list(days)
+    if not days:
+        return
+    for run in session.scalars(select(Run).where(Run.day.in_(days))):  # type: ignore[attr-defined]
+        run.caught_up = True
+        session.add(run)
+
+
+def record_no_announcement(session: Session, day: dt.date, reason: str) -> None:
+    """End the day's run as a day arXiv announced nothing, unless its papers are stored (caller commits)."""
+    run = session.scalars(select(Run).where(Run.day == day)).first()
+    if run is not None and run.harvested_at is not None:
+        return
+    run = run or Run(day=day)
+    run.status, run.reason, run.finished_at = RunStatus.NO_ANNOUNCEMENT, reason, utcnow()
+    session.add(run)
+
+
+def clear_harvest_failure(session: Session, day: dt.date) -> None:
+    """Forget the note of an earlier failed harvest attempt once the harvest succeeded (caller commits)."""
+    run = session.scalars(select(Run).where(Run.day == day)).first()
+    if run is not None and run.last_harvest_failure is not None:
+        run.last_harvest_failure, run.last_harvest_failure_at = None, None
+        session.add(run)
+
+
+def record_harvest_failure(session: Session, day: dt.date, reason: str) -> None:
+    """Note on the day's run why its harvest failed; the next run tries again (commits)."""
+    run = session.scalars(select(Run).where(Run.day == day)).first()
+    if run is not None and run.harvested_at is not None:
+        # The day itself is stored (the failure was a later or missed day's): keep its outcome, note the failure.
+        run.last_harvest_failure, run.last_harvest_failure_at = reason[:MAX_REASON], utcnow()
+        session.add(run)
+        session.commit()
+        return
+    run = run or Run(day=day)
+    run.status, run.reason, run.finished_at = RunStatus.FAILED, f"harvest failed: {reason}"[:MAX_REASON], utcnow()
+    run.failed_stage = Stage.HARVEST
+    run.harvest_failures += 1
+    session.add(run)
+    session.commit()
+
+
+def record_stage(
+    session: Session, day: dt.date, stage: Stage, seconds: float, details: dict[str, Any] | None = None, **counts: int
+) -> None:
+    """Record that `stage` finished just now after `seconds`, with its counts (commits)."""
+    run = locked_run(session, day)
+    if run is None:
+        session.commit()
+        return
+    row = _stage_row(session, run, stage)
+    now = utcnow()
+    row.started_at, row.finished_at, row.seconds = now - dt.timedelta(seconds=seconds), now, round(seconds, 3)
+    _set_counts(row, counts)
+    if details is not None:
+        row.details = details
+    session.commit()
+
+
+def add_billed_characters(session: Session, day: dt.date, characters: int) -> None:
+    """Add DeepL characters billed for the day's translations to its run (commits)."""
+    run = locked_run(session, day)
+    if run is not None:
+        run.billed_characters += characters
+        session.add(run)
+    session.commit()
+
+
+def start_delivery(session: Session, day: dt.date, recipients: int, queued: int, chunks: int) -> None:
+    """Record the fan-out: the deliver stage starts now with this many recipients and chunks (commits)."""
+    run = locked_run(session, day)
+    if run is not None:
+        row = _stage_row(session, run, Stage.DELIVER)
+        row.started_at, row.finished_at, row.enqueued_at = utcnow(), None, None
+        row.recipients, row.queued, row.details = recipients, queued, {"chunks": chunks}
+    session.commit()
+
+
+def mark_enqueued(session: Session, day: dt.date) -> None:
+    """Record that every send chunk of the fan-out is on the queue (commits)."""
+    run = locked_run(session, day)
+    if run is not None:
+        _stage_row(session, run, Stage.DELIVER).enqueued_at = utcnow()
+    session.commit()
+
+
+def end_run(
+    session: Session, day: dt.date, status: RunStatus, reason: str | None, stage: Stage | None = None
+) -> None:
+    """Mark the day's run as ended with `status` (and the stage it failed in, if any); commits."""
+    run = locked_run(session, day)
+    if run is not None:
+        run.status, run.reason, run.finished_at = status, reason, utcnow()
+        run.failed_stage = stage if status == RunStatus.FAILED else None
+        session.add(run)
+    session.commit()
+
+
+def fail_run(session: Session, day: dt.date, reason: str, stage: Stage | None = None) -> None:
+    """Record the day's run as failed in `stage` with `reason`, creating its row if need be (commits).
+
+    Give it a session of its own: the one the stage used may hold a transaction the error has
+    aborted, and a rollback there must not take the failure with it.
+    """
+    claim_run(session, day)
+    end_run(session, day, RunStatus.FAILED, reason[:MAX_REASON], stage)
+
+
+def delivery_counts(session: Session, day: dt.date) -> dict[str, int]:
+    """How many of the day's digests are sent, failed and still claimed."""
+    rows = dict(
+        session.execute(
+            select(Delivery.status, func.count()).where(Delivery.day == day).group_by(Delivery.status)
+        ).all()
+    )
+    return {status.value: int(rows.get(status, 0)) for status in DeliveryStatus}
+
+
+def finish_run(session: Session, run: Run) -> Run:
+    """Complete the locked, running `run`: the deliver stage's outcome, and why not every digest went (commits)."""
+    counts = delivery_counts(session, run.day)
+    now = utcnow()
+    deliver = _stage_row(session, run, Stage.DELIVER)
+    deliver.recipients = deliver.recipients or 0
+    deliver.sent, deliver.failed = counts[DeliveryStatus.SENT], counts[DeliveryStatus.FAILED]
+    deliver.pending = counts[DeliveryStatus.CLAIMED]
+    deliver.finished_at, deliver.seconds = now, round((now - deliver.started_at).total_seconds(), 3)
+    match = stage_rows(session, run).get(Stage.MATCH)
+    selections = match.selections if match is not None else None
+    run.status, run.finished_at, run.failed_stage = RunStatus.COMPLETED, now, None
+    if selections == 0 and not deliver.sent:
+        run.reason = "no paper matched any subscriber's keywords"
+    elif deliver.failed:
+        run.reason = f"{deliver.failed} deliveries failed"
+    elif deliver.pending:
+        run.reason = f"{deliver.pending} digests are still being sent by another worker"
+    else:
+        run.reason = None
+    session.add(run)
+    session.commit()
+    return run
+
+
+def run_is_open(session: Session, day: dt.date) -> bool:
+    """Whether the day's run is still in progress (later stages skip a run that ended)."""
+    status = session.scalar(select(Run.status).where(Run.day == day).execution_options(populate_existing=True))
+    return status == RunStatus.RUNNING
+
+
+def stage_rows(session: Session, run: Run) -> dict[Stage, RunStage]:
+    """The run's recorded stages, in stage order."""
+    rows = {
+        row.stage: row
+        for row in session.scalars(
+            select(RunStage).where(RunStage.run_id == run.id).execution_options(populate_existing=True)
+        )
+    }
+    return {stage: rows[stage] for stage in Stage if stage in rows}
+
+
+def stage_finished(session: Session, day: dt.date, stage: Stage) -> bool:
+    """Whether the day's run has finished `stage` (a redelivered task then skips it)."""
+    finished = session.scalar(
+        select(RunStage.finished_at)
+        .join(Run, Run.id == RunStage.run_id)
+        .where(Run.day == day, RunStage.stage == stage)
+        .execution_options(populate_existing=True)
+    )
+    return finished is not None
+
+
+def deliveries_enqueued(session: Session, day: dt.date) -> bool:
+    """Whether this run's fan-out put every send chunk on the queue already."""
+    enqueued = session.scalar(
+        select(RunStage.enqueued_at)
+        .join(Run, Run.id == RunStage.run_id)
+        .where(Run.day == day, RunStage.stage == Stage.DELIVER)
+        .execution_options(populate_existing=True)
+    )
+    return enqueued is not None
+
+
+def stage_seconds(session: Session, run: Run) -> dict[str, float]:
+    """Seconds per recorded stage, in stage order, and "total" for a completed run."""
+    seconds = {str(stage): row.seconds for stage, row in stage_rows(session, run).items() if row.seconds is not None}
+    if run.status == RunStatus.COMPLETED and run.finished_at is not None:
+        seconds["total"] = round((run.finished_at - run.started_at).total_seconds(), 3)
+    return seconds
+
+
+def current_stage(run: Run, rows: dict[Stage, RunStage]) -> Stage:
+    """The first stage the run has not finished (the last one when all are)."""
+    for stage in Stage:
+        row = rows.get(stage)
+        done = (row is not None and row.finished_at is not None) or (stage == Stage.HARVEST and run.harvested_at)
+        if not done:
+            return stage
+    return list(Stage)[-1]
+
+
+@dataclass
+class RunProgress:
+    """Where the day's run is, for a progress display."""
+
+    status: RunStatus
+    reason: str | None
+    stage: str  # the stage under way, or the status of a run that ended
+    recipients: int
+    sent: int
+    failed: int
+    claimed: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_progress(session: Session, day: dt.date) -> RunProgress | None:
+    """The day's run status, its current stage and its delivery counts; None before the run exists."""
+    run = find_run(session, day)
+    if run is None:
+        return None
+    rows = stage_rows(session, run)
+    counts = delivery_counts(session, day)
+    deliver = rows.get(Stage.DELIVER)
+    return RunProgress(
+        status=run.status,
+        reason=run.reason,
+        stage=str(current_stage(run, rows)) if run.status == RunStatus.RUNNING else str(run.status),
+        recipients=(deliver.recipients or 0) if deliver else 0,
+        sent=counts[DeliveryStatus.SENT],
+        failed=counts[DeliveryStatus.FAILED],
+        claimed=counts[DeliveryStatus.CLAIMED],
+        seconds=stage_seconds(session, run),
+    )
