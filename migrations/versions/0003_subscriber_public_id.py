@@ -11,7 +11,7 @@ from alembic import op
 
 revision = "0003_subscriber_public_id"
 # Chained after 0002_run_ledger when both are merged; this migration touches only `subscriber`.
-down_revision = "0001"
+down_revision = "0002_run_ledger"
 branch_labels = None
 depends_on = None
 
