@@ -11,8 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
+from newsletter.resources import TEMPLATES_DIR  # noqa: F401  (imported from here by render and web)
 
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
 
