@@ -8,6 +8,8 @@ import email
 import email.policy
 from pathlib import Path
 
+import pytest
+
 from tests.real_text import REFERENCE_DAY, hostile_papers, reference_day
 from tests.servers import ArxivServer, DeepLServer, SmtpSink, build_feed
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
@@ -22,6 +24,7 @@ def day_papers():  # type: ignore[no-untyped-def]
     return [reference.paper for reference in reference_day()] + hostile
 
 
+@pytest.mark.usefixtures("pg_engine")  # the run's schema emptied first: earlier tests commit days and subscribers
 def test_a_real_day_with_hostile_abstracts_mails_every_subscriber_every_matching_paper(
     tmp_path: Path, pg_database_url: str, arxiv_server: ArxivServer, deepl_server: DeepLServer, smtp_sink: SmtpSink
 ) -> None:
