@@ -488,6 +488,8 @@ def test_the_status_command_prints_the_deepl_figures(
         NEWSLETTER_DATABASE_URL=engine.url.render_as_string(hide_password=False),
         NEWSLETTER_DEEPL_AUTH_KEY=DEEPL_TEST_KEY,
         NEWSLETTER_DEEPL_SERVER_URL=deepl_server.url,
+        # This checkout's code, not wherever the `newsletter` script's package is installed.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
     )
     newsletter = shutil.which("newsletter") or str(Path(sys.executable).with_name("newsletter"))
 
