@@ -11,8 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
+from newsletter.resources import TEMPLATES_DIR  # noqa: F401  (imported from here by render and web)
 
 # A link is the base URL plus a path and a signed token (~150 characters); List-Unsubscribe
 # carries it on one header line, which SMTP caps at 998 octets.

@@ -13,11 +13,10 @@ from newsletter.db import session_scope
 from newsletter.delivery import OutboxBackend, outbox_name
 from newsletter.harvest import AtomFilesSource, FileFeedSource
 from newsletter.pipeline import Transports, harvest_stage, run_daily
+from newsletter.resources import SAMPLE_DIR
 from newsletter.schema import upgrade_schema
 from newsletter.subscribers import find_subscriber, subscribe
 from newsletter.translate import store_cached_translations
-
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 DEMO_SUBSCRIBERS = [
     ("ada@example.org", ["reinforcement learning", "diffusion policy"], "ZH-HANS"),

@@ -6,13 +6,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-from newsletter.config import PROJECT_ROOT
+from newsletter.resources import MIGRATIONS_DIR
 
 
 def alembic_config() -> Config:
-    """Alembic configuration pointing at the project's migrations."""
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    """Alembic configuration pointing at the bundled migrations (no alembic.ini needed: a wheel has none)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 

@@ -1,0 +1,186 @@
+"""The announcement feed (rss.arxiv.org): pure parsing, and the sources that fetch it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Protocol
+
+import requests
+from defusedxml import ElementTree
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from newsletter.harvest.api import _RETRY_STATUSES, _is_transient, _log_retry, network_reason
+from newsletter.harvest.records import (
+    ApiReplyError,
+    HarvestError,
+    PaperRecord,
+    _html_title,
+    _local,
+    _looks_like_html,
+    clean_text,
+    split_arxiv_id,
+)
+from newsletter.models import AnnounceType
+
+log = logging.getLogger(__name__)
+
+_NS = {
+    "arxiv": "http://arxiv.org/schemas/atom",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One item of the announcement feed."""
+
+    announce_type: AnnounceType
+    record: PaperRecord
+
+
+@dataclass
+class AnnouncementFeed:
+    """A parsed announcement feed: its day (from pubDate) and items (none on a no-announcement day)."""
+
+    day: dt.date | None
+    items: list[FeedItem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def has_announcement(self) -> bool:
+        return self.day is not None and bool(self.items)
+
+
+def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
+    """Parse an rss.arxiv.org feed; raises HarvestError for anything that is not one."""
+    if not content.strip():
+        raise HarvestError("announcement feed is empty (0 bytes)")
+    if _looks_like_html(content):
+        raise HarvestError(f"announcement feed URL answered with an HTML page ({_html_title(content)!r}), not RSS")
+    try:
+        root = ElementTree.fromstring(content)
+    except ElementTree.ParseError as exc:
+        raise HarvestError(f"announcement feed is not well-formed XML: {exc}") from exc
+    except Exception as exc:  # defusedxml refuses entity tricks with its own errors
+        raise HarvestError(f"announcement feed refused: {exc}") from exc
+    channel = root.find("channel")
+    if root.tag != "rss" or channel is None:
+        raise HarvestError(f"announcement feed has no RSS channel (root element <{_local(root.tag)}>)")
+    feed = AnnouncementFeed(day=None)
+    for element in channel.findall("item"):
+        item, reason = _parse_feed_item(element)
+        if item is None:
+            log.warning("announcement feed: skipping an item: %s", reason)
+            feed.skipped.append(reason)
+        else:
+            feed.items.append(item)
+    if feed.skipped and not feed.items:
+        raise HarvestError(f"announcement feed has {len(feed.skipped)} items and none usable: {feed.skipped[0]}")
+    if feed.items or channel.findtext("pubDate"):
+        feed.day = _channel_day(channel, required=bool(feed.items))
+    return feed
+
+
+def _channel_day(channel, required: bool) -> dt.date | None:  # type: ignore[no-untyped-def]
+    raw = channel.findtext("pubDate") or channel.findtext("lastBuildDate")
+    if not raw:
+        if required:
+            raise HarvestError("announcement feed has items but no pubDate")
+        return None
+    try:
+        return parsedate_to_datetime(raw).date()
+    except (TypeError, ValueError) as exc:
+        raise HarvestError(f"announcement feed pubDate {raw!r} is not a date") from exc
+
+
+def _announce_type(raw: str) -> AnnounceType | None:
+    # "replace-cross" is a replacement of a cross-listed paper: a replacement for our purposes.
+    if raw.startswith("replace"):
+        return AnnounceType.REPLACE
+    return {"new": AnnounceType.NEW, "cross": AnnounceType.CROSS}.get(raw)
+
+
+def _parse_feed_item(item) -> tuple[FeedItem | None, str]:  # type: ignore[no-untyped-def]
+    guid = item.findtext("guid") or item.findtext("link") or ""
+    try:
+        arxiv_id, version = split_arxiv_id(guid)
+    except ValueError:
+        return None, f"unexpected identifier {guid.strip()!r}"
+    raw_type = (item.findtext("arxiv:announce_type", namespaces=_NS) or "new").strip()
+    announce_type = _announce_type(raw_type)
+    if announce_type is None:
+        return None, f"{arxiv_id}: unknown announce type {raw_type!r}"
+    description = item.findtext("description") or ""
+    abstract = description.split("Abstract:", 1)[1] if "Abstract:" in description else ""
+    categories = tuple(c.text.strip() for c in item.findall("category") if c.text)
+    creators = item.findtext("dc:creator", namespaces=_NS) or ""
+    record = PaperRecord(
+        arxiv_id=arxiv_id,
+        version=version,
+        title=clean_text(item.findtext("title")),
+        abstract=clean_text(abstract),
+        authors=tuple(name.strip() for name in creators.split(",") if name.strip()),
+        categories=categories,
+        primary_category=categories[0] if categories else "",
+        journal_ref=clean_text(item.findtext("arxiv:journal_reference", namespaces=_NS)) or None,
+        doi=clean_text(item.findtext("arxiv:DOI", namespaces=_NS)) or None,
+        details_source="feed",
+    )
+    return FeedItem(announce_type=announce_type, record=record), ""
+
+
+class FeedSource(Protocol):
+    def fetch_feed(self) -> bytes: ...
+
+
+class HttpFeedSource:
+    """The live announcement feed over HTTP, asked again with backoff on network errors and 5xx."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2, backoff_seconds: float = 2.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+
+    def _get(self) -> requests.Response:
+        response = requests.get(self.url, timeout=self.timeout)
+        if response.status_code in _RETRY_STATUSES:
+            raise ApiReplyError(f"announcement feed answered HTTP {response.status_code} at {self.url}", True)
+        return response
+
+    def fetch_feed(self) -> bytes:
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_seconds, max=max(60.0, self.backoff_seconds)),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            response = retrying(self._get)
+        except ApiReplyError:
+            raise
+        except requests.RequestException as exc:
+            raise HarvestError(f"announcement feed unreachable at {self.url}: {network_reason(exc)}") from exc
+        if response.status_code != 200:
+            raise HarvestError(f"announcement feed answered HTTP {response.status_code} at {self.url}")
+        return response.content
+
+
+class FileFeedSource:
+    """An announcement feed stored on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fetch_feed(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def read_feed(feed_source: FeedSource) -> AnnouncementFeed:
+    """Fetch and parse the announcement feed."""
+    return parse_announcement_feed(feed_source.fetch_feed())

@@ -1,0 +1,262 @@
+"""One day: network first (collect_*), then writing (store_day); harvest_range over several days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from newsletter.harvest.api import DetailsSource, SubmissionSearch
+from newsletter.harvest.calendar import announcement_day_for, feed_days_between, submission_window
+from newsletter.harvest.feed import AnnouncementFeed, FeedItem, FeedSource, read_feed
+from newsletter.harvest.records import HarvestError, PaperRecord
+from newsletter.models import Announcement, AnnounceType, Paper, Run, utcnow
+from newsletter.runs import mark_harvested
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class DayHarvest:
+    """What one announcement day adds: its announcements and the paper records to store."""
+
+    day: dt.date
+    announcements: dict[str, AnnounceType] = field(default_factory=dict)
+    records: list[PaperRecord] = field(default_factory=list)
+    replaced: int = 0
+    from_feed_only: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    source: str = "feed"
+
+    def stats(self) -> dict:
+        return {
+            "announced": len(self.announcements),
+            "replaced": self.replaced,
+            "from_feed_only": len(self.from_feed_only),
+            "skipped_items": len(self.skipped),
+            "source": self.source,
+        }
+
+
+def _stored_versions(session: Session, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+    wanted = list(ids)
+    found: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(wanted), 1000):
+        rows = session.execute(
+            select(Paper.arxiv_id, Paper.version, Paper.details_source).where(
+                Paper.arxiv_id.in_(wanted[start:start + 1000])  # type: ignore[attr-defined]
+            )
+        )
+        found.update({arxiv_id: (version, source) for arxiv_id, version, source in rows})
+    return found
+
+
+def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: DetailsSource) -> DayHarvest:
+    """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing)."""
+    assert feed.day is not None
+    harvest = DayHarvest(day=feed.day, skipped=list(feed.skipped))
+    latest: dict[str, FeedItem] = {}
+    for item in feed.items:
+        if item.announce_type is not AnnounceType.REPLACE:
+            harvest.announcements.setdefault(item.record.arxiv_id, item.announce_type)
+        latest.setdefault(item.record.arxiv_id, item)
+    stored = _stored_versions(session, latest)
+    wanted: list[str] = []
+    for arxiv_id, item in latest.items():
+        version, source = stored.get(arxiv_id, (0, ""))
+        if item.announce_type is AnnounceType.REPLACE and arxiv_id not in harvest.announcements:
+            if not version:
+                continue  # a replacement of a paper we never stored: nobody here has seen it
+            harvest.replaced += 1
+        if version < item.record.version or source != "api":
+            wanted.append(arxiv_id)
+    details = {record.arxiv_id: record for record in details_source.fetch_details(wanted)} if wanted else {}
+    for arxiv_id in wanted:
+        record = details.get(arxiv_id)
+        if record is None:
+            harvest.from_feed_only.append(arxiv_id)
+            record = latest[arxiv_id].record
+        harvest.records.append(record)
+    if harvest.from_feed_only:
+        log.warning("arXiv API did not return %s; storing the feed's own fields", harvest.from_feed_only)
+    return harvest
+
+
+def collect_missed_days(
+    session: Session,
+    search: SubmissionSearch,
+    categories: Sequence[str],
+    days: Sequence[dt.date],
+    exclude: Iterable[str] = (),
+) -> list[DayHarvest]:
+    """Missed feed days rebuilt from the API's submission windows, minus papers already announced."""
+    if not days:
+        return []
+    start, _ = submission_window(days[0])
+    _, end = submission_window(days[-1])
+    records = search.search_submitted(categories, start, end)
+    skip = set(exclude)
+    ids = [r.arxiv_id for r in records if r.arxiv_id not in skip]
+    already = set()
+    for first in range(0, len(ids), 1000):
+        already.update(
+            session.scalars(
+                select(Announcement.arxiv_id).where(
+                    Announcement.arxiv_id.in_(ids[first:first + 1000])  # type: ignore[attr-defined]
+                )
+            )
+        )
+    by_day = {day: DayHarvest(day=day, source="api-window") for day in days}
+    ours = set(categories)
+    for record in records:
+        if record.arxiv_id in skip or record.arxiv_id in already or record.published is None:
+            continue
+        harvest = by_day.get(announcement_day_for(record.published))
+        if harvest is None or record.arxiv_id in harvest.announcements:
+            continue
+        new = record.primary_category in ours
+        harvest.announcements[record.arxiv_id] = AnnounceType.NEW if new else AnnounceType.CROSS
+        harvest.records.append(record)
+    return [by_day[day] for day in days]
+
+
+def _insert_for(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _paper_row(record: PaperRecord, now: dt.datetime) -> dict:
+    return {
+        "arxiv_id": record.arxiv_id,
+        "version": record.version,
+        "title": record.title,
+        "abstract": record.abstract,
+        "authors": list(record.authors),
+        "categories": list(record.categories),
+        "primary_category": record.primary_category,
+        "comment": record.comment,
+        "journal_ref": record.journal_ref,
+        "doi": record.doi,
+        "published": record.published,
+        "updated": record.updated,
+        "details_source": record.details_source,
+        "harvested_at": now,
+    }
+
+
+def _rank(record: PaperRecord) -> tuple[int, bool]:
+    return record.version, record.details_source == "api"
+
+
+def upsert_papers(session: Session, records: Iterable[PaperRecord]) -> None:
+    """Insert or update papers by versionless ID in bulk; an older version or feed-only data never wins."""
+    best: dict[str, PaperRecord] = {}
+    for record in records:
+        held = best.get(record.arxiv_id)
+        if held is None or _rank(record) > _rank(held):
+            best[record.arxiv_id] = record
+    if not best:
+        return
+    table = Paper.__table__
+    statement = _insert_for(session)(table)
+    new = statement.excluded
+    wins = or_(
+        table.c.version < new.version,
+        and_(table.c.version == new.version, or_(table.c.details_source != "api", new.details_source == "api")),
+    )
+    columns = [c for c in _paper_row(next(iter(best.values())), utcnow()) if c != "arxiv_id"]
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.arxiv_id], set_={c: new[c] for c in columns}, where=wins
+    )
+    now = utcnow()
+    rows = [_paper_row(record, now) for record in best.values()]
+    for start in range(0, len(rows), 1000):
+        session.execute(statement, rows[start:start + 1000])
+
+
+def upsert_paper(session: Session, record: PaperRecord) -> Paper:
+    """Insert or update one paper (see upsert_papers)."""
+    upsert_papers(session, [record])
+    paper = session.get(Paper, record.arxiv_id, populate_existing=True)
+    assert paper is not None
+    return paper
+
+
+def store_day(session: Session, harvest: DayHarvest) -> None:
+    """Write a collected day: papers, announcements and the day's run row marked harvested (caller commits)."""
+    upsert_papers(session, harvest.records)
+    if harvest.announcements:
+        rows = [
+            {"day": harvest.day, "arxiv_id": arxiv_id, "announce_type": str(kind)}
+            for arxiv_id, kind in harvest.announcements.items()
+        ]
+        statement = _insert_for(session)(Announcement.__table__).on_conflict_do_nothing()
+        session.execute(statement, rows)
+    details = {key: value for key, value in harvest.stats().items() if key != "announced"}
+    mark_harvested(session, harvest.day, len(harvest.announcements), details)
+
+
+def is_harvested(session: Session, day: dt.date) -> bool:
+    """Whether the day's papers are stored already."""
+    return bool(session.scalar(select(Run.harvested_at).where(Run.day == day)))
+
+
+def last_harvested_before(session: Session, day: dt.date) -> dt.date | None:
+    """The latest harvested day before `day`."""
+    return session.scalar(
+        select(Run.day).where(Run.harvested_at.is_not(None), Run.day < day).order_by(Run.day.desc()).limit(1)  # type: ignore[union-attr]
+    )
+
+
+def harvest_range(
+    session: Session,
+    feed_source: FeedSource,
+    details_source: DetailsSource,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+    categories: Sequence[str] = (),
+) -> Iterator[str]:
+    """Harvest the feed days in [first, last]: the current one from the feed, earlier ones from the API.
+
+    Days stored already are left alone; everything is committed at once at the end.
+    """
+    if first and last and first > last:
+        raise HarvestError(f"--from {first} is after --to {last}")
+    feed = read_feed(feed_source)
+    current = feed.day if feed.has_announcement else None
+    last = last or current or first
+    first = first or last
+    if first is None or last is None:
+        yield "no announcement in the feed (weekend or holiday); nothing to harvest"
+        return
+    days = [first] if first.weekday() < 5 else []
+    days += feed_days_between(first, last + dt.timedelta(days=1))
+    if not days:
+        yield f"no feed day between {first} and {last}; nothing to harvest"
+        return
+    collected: list[DayHarvest] = []
+    past = [d for d in days if d != current and not is_harvested(session, d) and (current is None or d < current)]
+    for day in days:
+        if is_harvested(session, day):
+            yield f"{day}: already harvested; nothing fetched"
+        elif current is not None and day > current:
+            yield f"{day}: not announced yet (the feed shows {current})"
+    if past:
+        if not isinstance(details_source, SubmissionSearch) or not categories:
+            raise HarvestError("past days need the arXiv API and NEWSLETTER_CATEGORIES to search submission windows")
+        exclude = [i.record.arxiv_id for i in feed.items] if current in days else []
+        collected += collect_missed_days(session, details_source, categories, past, exclude)
+    if current in days and not is_harvested(session, current):
+        collected.append(collect_feed_day(session, feed, details_source))
+    for day_harvest in collected:
+        store_day(session, day_harvest)
+    session.commit()
+    for day_harvest in collected:
+        stats = day_harvest.stats()
+        yield (
+            f"{day_harvest.day}: {stats['announced']} announced, {stats['replaced']} replaced, "
+            f"{stats['from_feed_only']} from the feed only (from {day_harvest.source})"
+        )
