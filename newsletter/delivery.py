@@ -46,6 +46,8 @@ CLAIM_LEASE = dt.timedelta(minutes=10)
 
 @dataclass
 class DeliveryResult:
+    """What one deliver_day call did: counts, the addresses it marked bounced, and each failure's reason."""
+
     sent: int = 0
     failed: int = 0
     skipped: int = 0
