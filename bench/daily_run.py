@@ -41,7 +41,7 @@ from sqlmodel import Session  # noqa: E402
 
 from newsletter.config import Settings  # noqa: E402
 from newsletter.db import make_engine  # noqa: E402
-from newsletter.delivery import SmtpBackend  # noqa: E402
+from newsletter.mail.smtp import SmtpBackend  # noqa: E402
 from newsletter.models import Delivery, Run, SentPaper, Stage, Subscriber, SubscriberKeyword  # noqa: E402
 from newsletter.pipeline import deliver_chunk  # noqa: E402
 from newsletter.render import DigestRenderer  # noqa: E402

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from newsletter.config import Settings  # noqa: E402
-from newsletter.delivery import Sender, SmtpBackend, build_message  # noqa: E402
+from newsletter.mail.message import Sender, build_message  # noqa: E402
+from newsletter.mail.smtp import SmtpBackend  # noqa: E402
 from newsletter.models import Paper, new_public_id  # noqa: E402
 from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view  # noqa: E402
 from newsletter.tokens import LinkSigner, subscriber_links  # noqa: E402

@@ -173,7 +173,7 @@ def preview(
     date: Annotated[str | None, typer.Option("--date", help="Announcement day, default the latest.")] = None,
 ) -> None:
     """Render a subscriber's digest as HTML."""
-    from newsletter.render import render_preview
+    from newsletter.digests import render_preview
 
     with session_scope(_engine()) as session:
         html = render_preview(session, _settings(), email, _parse_day(date, "--date"))

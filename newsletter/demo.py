@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings
 from newsletter.db import session_scope
-from newsletter.delivery import OutboxBackend, outbox_name
 from newsletter.harvest import AtomFilesSource, FileFeedSource
+from newsletter.mail.outbox import OutboxBackend, outbox_name
 from newsletter.pipeline import Transports, harvest_stage, run_daily
 from newsletter.resources import SAMPLE_DIR
 from newsletter.schema import upgrade_schema

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from newsletter import runs
 from newsletter.config import Settings
 from newsletter.db import engine_for
-from newsletter.delivery import DeliveryResult, MailBackend, deliver_day, make_backend, recipients_for_day
+from newsletter.delivery import DeliveryResult, deliver_day, recipients_for_day, recipients_query
 from newsletter.harvest import (
     MAX_CATCH_UP_DAYS,
     AnnouncementFeed,
@@ -39,16 +39,14 @@ from newsletter.harvest import (
     read_feed,
     store_day,
 )
+from newsletter.mail import MailBackend, make_backend
 from newsletter.matching import MatchResult, select_papers_for_day
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
     Run,
     RunStatus,
-    Selection,
     Stage,
-    Subscriber,
-    SubscriberStatus,
     utcnow,
 )
 from newsletter.pacing import RequestPacer, shared_request_slots
@@ -317,13 +315,7 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
 
 def _unfinished(day: dt.date, *statuses: DeliveryStatus):  # type: ignore[no-untyped-def]
     """Recipients of the day whose delivery row is missing or in one of `statuses`."""
-    recipients = (
-        select(Subscriber.id)
-        .join(Selection, Selection.subscriber_id == Subscriber.id)
-        .where(Selection.day == day, Subscriber.status == SubscriberStatus.ACTIVE)
-        .distinct()
-        .subquery()
-    )
+    recipients = recipients_query(day).subquery()
     delivery = (Delivery.subscriber_id == recipients.c.id) & (Delivery.day == day)
     pending = Delivery.id.is_(None) | Delivery.status.in_(statuses)
     return select(recipients.c.id).outerjoin(Delivery, delivery).where(pending)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,18 +24,19 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 from markupsafe import Markup
 from mjml import mjml2html
 from premailer import Premailer
-from sqlalchemy import func, select
-from sqlmodel import Session
 
 from newsletter.config import TEMPLATES_DIR
 from newsletter.keywords import highlight_spans
 from newsletter.latex import latex_to_unicode
-from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation
-from newsletter.tokens import SubscriberLinks
 
-# Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
+if TYPE_CHECKING:
+    # Only the rows' shape: rendering reads what it is handed and never queries the database.
+    from newsletter.models import Paper, Translation
+    from newsletter.tokens import SubscriberLinks
+
 log = logging.getLogger(__name__)
 
+# Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
 HTML_SIZE_LIMIT = 100_000
 AUTHORS_SHOWN = 8
 EASTERN = ZoneInfo("America/New_York")
@@ -346,42 +348,6 @@ def paper_view(
         translation_missing=translation_wanted and translation is None,
         journal_ref=paper.journal_ref,
         doi=paper.doi,
-    )
-
-
-def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: SubscriberLinks) -> Digest:
-    """The subscriber's digest for `day` from the stored selections and translations."""
-    assert subscriber.id is not None
-    keywords = session.scalars(
-        select(SubscriberKeyword.expression)
-        .where(SubscriberKeyword.subscriber_id == subscriber.id)
-        .order_by(SubscriberKeyword.position)
-    ).all()
-    sections = [KeywordSection(keyword=k) for k in keywords]
-    rows = session.execute(
-        select(Selection, Paper, Translation)
-        .join(Paper, Paper.arxiv_id == Selection.arxiv_id)
-        .outerjoin(
-            Translation,
-            (Translation.arxiv_id == Selection.arxiv_id) & (Translation.language == subscriber.language),
-        )
-        .where(Selection.day == day, Selection.subscriber_id == subscriber.id)
-        .order_by(Selection.keyword_position, Paper.arxiv_id)
-    )
-    translation_wanted = not subscriber.language.upper().startswith("EN")
-    for selection, paper, translation in rows:
-        if selection.keyword_position >= len(sections):
-            continue  # the subscriber removed that keyword since the match
-        view = paper_view(paper, translation, selection.terms, translation_wanted)
-        sections[selection.keyword_position].papers.append(view)
-    return Digest(
-        day=day,
-        email=subscriber.email,
-        language=subscriber.language,
-        timezone=subscriber.timezone,
-        sections=sections,
-        links=links,
-        translation_missing=any(p.translation_missing for s in sections for p in s.papers),
     )
 
 
@@ -786,24 +752,3 @@ def _titles_that_fit(rest: list[PaperFragments], budget: int) -> int:
         if used > budget:
             return count
     return len(rest)
-
-
-def latest_selection_day(session: Session, subscriber_id: int) -> dt.date | None:
-    """The newest day with papers selected for the subscriber."""
-    return session.scalar(select(func.max(Selection.day)).where(Selection.subscriber_id == subscriber_id))
-
-
-def render_preview(session: Session, settings, email: str, day: dt.date | None) -> str:  # type: ignore[no-untyped-def]
-    """The HTML of a subscriber's digest, as it would be mailed."""
-    from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
-    from newsletter.tokens import LinkSigner, signing_key, subscriber_links
-
-    subscriber = find_subscriber(session, normalize_email(email))
-    if subscriber is None or subscriber.id is None:
-        raise SubscriptionError(f"no subscriber {email}")
-    day = day or latest_selection_day(session, subscriber.id)
-    if day is None:
-        raise SubscriptionError(f"{email} has no digest yet: no papers were selected for them")
-    signer = LinkSigner(signing_key(session, settings))
-    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat())
-    return DigestRenderer().render(load_digest(session, subscriber, day, links)).html

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.delivery import DeliveryResult, deliver_day, make_backend
+from newsletter.delivery import DeliveryResult, deliver_day
+from newsletter.mail import make_backend
 from newsletter.models import Paper, Selection
 from newsletter.render import DigestRenderer
 from newsletter.subscribers import subscribe

@@ -18,14 +18,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.delivery import (
-    DeliveryConfigError,
-    Sender,
-    SmtpBackend,
-    Throttle,
-    build_message,
-    make_backend,
-)
+from newsletter.mail import DeliveryConfigError, make_backend
+from newsletter.mail.message import Sender, build_message
+from newsletter.mail.smtp import SmtpBackend, Throttle
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
 from newsletter.tokens import SubscriberLinks

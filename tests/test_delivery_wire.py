@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from newsletter.delivery import (
+from newsletter.mail.message import (
     MAX_LINE_OCTETS,
     MESSAGE_POLICY,
     WIRE_POLICY,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from newsletter.delivery import Sender, build_message
+from newsletter.digests import load_digest
+from newsletter.mail.message import Sender, build_message
 from newsletter.models import Paper, Selection, Translation
-from newsletter.render import DigestRenderer, RenderedDigest, load_digest
+from newsletter.render import DigestRenderer, RenderedDigest
 from newsletter.subscribers import subscribe
 from newsletter.tokens import LinkSigner, subscriber_links
 from tests.test_render import DAY, many_papers, paper_by_id, sample_papers, sample_translations, visible

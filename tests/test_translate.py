@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from newsletter.delivery import OutboxBackend, outbox_name
 from newsletter.demo import sample_transports
+from newsletter.mail.outbox import OutboxBackend, outbox_name
 from newsletter.matching import select_papers_for_day
 from newsletter.models import Announcement, DeepLGlossary, DeepLUsage, Paper, Run, Translation, utcnow
 from newsletter.pipeline import Transports, run_daily

@@ -8,10 +8,11 @@ from sqlalchemy import select, text
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.digests import compose_digest
 from newsletter.models import Delivery, DeliveryStatus
-from newsletter.render import DigestRenderer, load_digest
+from newsletter.render import DigestRenderer
 from newsletter.subscribers import subscriber_by_claims
-from newsletter.tokens import InvalidToken, LinkSigner, Purpose, subscriber_links
+from newsletter.tokens import InvalidToken, LinkSigner, Purpose
 
 
 class NoDigest(Exception):
@@ -40,6 +41,5 @@ def archived_digest(session: Session, settings: Settings, signer: LinkSigner, da
     )
     if delivered is None:
         raise NoDigest(day)
-    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day)
-    digest = load_digest(session, subscriber, when, links)
+    digest = compose_digest(session, settings, signer, subscriber, when)
     return DigestRenderer().render(digest, size_limit=10**9).html
