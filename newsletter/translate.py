@@ -788,6 +788,8 @@ def _after_rejection(
                         for text in sender.send(request, paper.context)])
     except _BudgetReached:
         return None, f"the different request was not sent ({BUDGET_REACHED}); shown in English"
+    except TranslationUnavailable as exc:  # recorded all the same: the first reply was bought and unusable
+        return None, f"the different request failed ({exc}); shown in English"
     kept = 0
     fixed = dict(texts)
     try:
