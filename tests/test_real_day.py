@@ -9,6 +9,8 @@ import email.policy
 import re
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
+
 from tests.real_text import REFERENCE_DAY, hostile_papers, reference_day
 from tests.servers import ArxivServer, DeepLServer, SmtpSink, build_feed
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
@@ -24,8 +26,10 @@ def day_papers():  # type: ignore[no-untyped-def]
 
 
 def test_a_real_day_with_hostile_abstracts_mails_every_subscriber_every_matching_paper(
-    tmp_path: Path, pg_database_url: str, arxiv_server: ArxivServer, deepl_server: DeepLServer, smtp_sink: SmtpSink
+    tmp_path: Path, pg_engine: Engine, arxiv_server: ArxivServer, deepl_server: DeepLServer, smtp_sink: SmtpSink
 ) -> None:
+    # pg_engine empties the run's schema first: an earlier test's subscribers and deliveries stay out.
+    pg_database_url = pg_engine.url.render_as_string(hide_password=False)
     papers = day_papers()
     arxiv_server.add_papers(*papers)
     arxiv_server.set_feed(CATEGORIES.split(","), build_feed(REFERENCE_DAY, papers, categories=CATEGORIES.split(",")))
