@@ -10,6 +10,12 @@ stand-in on a SQLite database, twice for the same day. Printed: characters bille
 (the characters of the unique selected papers' titles and abstracts, per target language; ratio 1.00)
 and versus the naive way (every subscriber's papers translated for that subscriber), then the second
 run (floor 0).
+
+Then a slow DeepL (the stand-in taking 0.1 ms per character, billing every request it processes
+even after the client gave up, as DeepL does), --slow-papers papers read by one Chinese reader,
+times scaled down tenfold (a 1 s timeout): the production stage against the naive way, which is
+today's behaviour before this change (requests of up to 50 texts, deepl-python's 5 automatic resends).
+Printed: characters billed by the stand-in / the floor, papers translated, and the ratio.
 """
 
 from __future__ import annotations
@@ -28,14 +34,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
+import deepl  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
 from newsletter.config import Settings  # noqa: E402
 from newsletter.db import make_engine  # noqa: E402
+from newsletter.latex import protect_latex  # noqa: E402
 from newsletter.models import Paper, Selection, Subscriber, SubscriberStatus  # noqa: E402
 from newsletter.schema import upgrade_schema  # noqa: E402
-from newsletter.translate import make_translator, needs_translation, translate_selected  # noqa: E402
+from newsletter.translate import (  # noqa: E402
+    make_translator,
+    needs_translation,
+    paper_texts,
+    translate_selected,
+)
 from tests.servers.deepl import DeepLServer  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "arxiv"
@@ -45,6 +58,8 @@ ATOM = {"a": "http://www.w3.org/2005/Atom"}
 DAY = dt.date(2026, 11, 24)
 LANGUAGES = [("ZH-HANS", 0.85), ("EN-US", 0.10), ("DE", 0.03), ("JA", 0.02)]
 KEY = "bench-key:fx"
+SLOW_SECONDS_PER_CHARACTER = 0.0001
+SLOW_TIMEOUT_SECONDS = 1.0  # deepl-python's default 10 s, scaled like the stand-in's speed
 
 
 def real_entries() -> list[tuple[str, str]]:
@@ -103,10 +118,77 @@ def make_day(session: Session, papers: list[dict], subscribers: int, rng: random
     return chosen
 
 
+def naive_slow_run(server: DeepLServer, papers: list[dict]) -> int:
+    """Today's behaviour before the change: 50-text requests, the client's own resends; papers translated."""
+    deepl.http_client.max_network_retries = 5
+    deepl.http_client.min_connection_timeout = SLOW_TIMEOUT_SECONDS
+    deepl.http_client._BackoffTimer.BACKOFF_INITIAL = 0.1  # its 1 s backoff, scaled like the timeout
+    client = deepl.DeepLClient(KEY, server_url=server.url)
+    texts = [protect_latex(text)[0] for paper in papers for text in paper_texts(_as_paper(paper))]
+    translated = 0
+    for start in range(0, len(texts), 50):
+        try:
+            client.translate_text(texts[start:start + 50], source_lang="EN", target_lang="ZH-HANS",
+                                  tag_handling="xml", ignore_tags=["x"])
+        except deepl.DeepLException:
+            break  # the old stage stopped the day's translation at the first failure
+        translated += len(texts[start:start + 50]) // 2
+    return translated
+
+
+def _as_paper(row: dict) -> Paper:
+    return Paper(arxiv_id=row["arxiv_id"], title=row["title"], abstract=row["abstract"])
+
+
+def production_slow_run(server: DeepLServer, papers: list[dict], folder: str) -> int:
+    """The production stage against the same slow DeepL; papers translated."""
+    engine = make_engine(f"sqlite:///{folder}/slow.db")
+    upgrade_schema(engine)
+    settings = Settings(_env_file=None, database_url=str(engine.url), deepl_auth_key=KEY,  # type: ignore[call-arg]
+                        deepl_server_url=server.url, deepl_daily_character_budget=10**12, environment="test",
+                        deepl_timeout_seconds=SLOW_TIMEOUT_SECONDS)
+    with Session(engine, expire_on_commit=False) as session:
+        session.execute(insert(Paper), papers)
+        session.add(Subscriber(id=1, email="s@example.org", language="ZH-HANS", status=SubscriberStatus.ACTIVE))
+        session.execute(insert(Selection), [{"day": DAY, "subscriber_id": 1, "arxiv_id": p["arxiv_id"],
+                                             "keyword_position": 0, "terms": []} for p in papers])
+        session.commit()
+        result = translate_selected(session, DAY, make_translator(settings), settings.deepl_daily_character_budget)
+    engine.dispose()
+    return result.translated
+
+
+def slow_deepl(papers: list[dict]) -> None:
+    """Print what a slow DeepL bills for the production stage and for the naive way, measured now."""
+    floor = sum(len(p["title"]) + len(p["abstract"]) for p in papers)
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, run in (("naive", naive_slow_run), ("ours", production_slow_run)):
+            with DeepLServer(KEY, character_limit=10**12) as server:
+                server.seconds_per_character = SLOW_SECONDS_PER_CHARACTER
+                started = time.perf_counter()
+                translated = run(server, papers) if name == "naive" else run(server, papers, folder)
+                server.wait_idle(120)  # requests the client gave up on are billed when DeepL finishes them
+                figures[name] = (server.character_count, translated, len(server.translate_requests),
+                                 time.perf_counter() - started)
+    print(f"slow DeepL ({SLOW_SECONDS_PER_CHARACTER * 1000:.1f} ms per character, {SLOW_TIMEOUT_SECONDS:.0f} s "
+          f"timeout): {len(papers)} papers for one Chinese reader, floor {floor:,} characters")
+    for name, label in (("naive", "naive (50-text requests, 5 client resends)"), ("ours", "ours (production)")):
+        billed, translated, requests, seconds = figures[name]
+        print(f"  {label:44s} billed {billed:>9,}  billed/floor = {billed / floor:.2f}  "
+              f"translated {translated}/{len(papers)} papers in {requests} requests ({seconds:.1f} s)")
+    naive_billed, naive_translated = figures["naive"][0], figures["naive"][1]
+    ours_billed, ours_translated = figures["ours"][0], figures["ours"][1]
+    print(f"  ratio naive/ours billed = {naive_billed / max(ours_billed, 1):.2f}; characters billed per paper "
+          f"translated: naive {naive_billed / max(naive_translated, 1):,.0f}"
+          f"{' (none translated)' if not naive_translated else ''}, ours {ours_billed / max(ours_translated, 1):,.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=2000)
     parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--slow-papers", type=int, default=120)
     args = parser.parse_args()
     rng = random.Random(5)
     papers = make_papers(args.papers, rng)
@@ -153,6 +235,7 @@ def main() -> None:
           f"short placeholder. DeepL's free tier (500,000 characters a month) covers "
           f"{500_000 / max(first.billed_characters, 1):.0%} of such a day; NEWSLETTER_DEEPL_DAILY_CHARACTER_BUDGET "
           "caps the spend (unlimited here)")
+    slow_deepl(make_papers(args.slow_papers, random.Random(7)))
 
 
 if __name__ == "__main__":

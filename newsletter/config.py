@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     deepl_server_url: str | None = None
     deepl_daily_character_budget: int = Field(400_000, ge=0)
     deepl_glossary_file: Path | None = None
+    # How long one request may take before we stop waiting (DeepL still bills it); below 1 s acts as 1 s.
+    deepl_timeout_seconds: float = Field(30.0, gt=0)
+    # The largest request, in characters: one must translate well within the timeout.
+    deepl_request_characters: int = Field(5_000, ge=200, le=20_000)
+    # Resends of a request DeepL refused unbilled (429, 5xx, unreachable), with doubling waits.
+    deepl_max_retries: int = Field(3, ge=0, le=10)
+    deepl_retry_base_seconds: float = Field(1.0, ge=0)
 
     mail_backend: Literal["outbox", "smtp"] = "outbox"
     outbox_dir: Path = Path("outbox")

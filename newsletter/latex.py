@@ -144,6 +144,32 @@ def protect_latex(text: str) -> tuple[str, list[str]]:
     return "".join(parts), hidden
 
 
+# Accents written as commands with a braced letter (\v{c}, \H{o}) and accents in a group ({\"o}).
+_ACCENT_COMMAND = re.compile(r"\\[uvHckrbd]\{[A-Za-z]\}")
+_ACCENT_GROUP = re.compile(r"\{\\(?:['\"`^~=.](?:\{[A-Za-z]\}|[A-Za-z])|[uvHckrbd]\{[A-Za-z]\})\}")
+
+
+def resolve_accents(text: str) -> str:
+    """Text accents as the letters they write (`Schr\\"odinger` -> Schrödinger); all other LaTeX as typed.
+
+    Run before `protect_latex` for translation: an accent hidden behind a placeholder would cut
+    the word in two (`Schr<x>0</x>dinger`), which DeepL cannot translate or keep whole.
+    """
+    if "\\" not in text:
+        return text
+    return "".join(
+        render_span(span.kind, span.text) if _is_text_accent(span) else span.text for span in latex_spans(text)
+    )
+
+
+def _is_text_accent(span: Span) -> bool:
+    if span.kind is SpanKind.ACCENT:
+        return True
+    if span.kind is SpanKind.COMMAND:
+        return _ACCENT_COMMAND.fullmatch(span.text) is not None
+    return span.kind is SpanKind.GROUP and _ACCENT_GROUP.fullmatch(span.text) is not None
+
+
 def restore_latex(translated: str, spans: list[str]) -> str:
     """The translated XML as text with every placeholder replaced by its span; LatexLost if any is missing."""
     found = [int(number) for number in _PLACEHOLDER.findall(translated)]

@@ -110,6 +110,22 @@ class Translation(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
+class TranslationRejection(SQLModel, table=True):
+    """A paper's translation DeepL returned unusable (LaTeX placeholders lost or changed): never bought again."""
+
+    __tablename__ = "translation_rejection"
+
+    arxiv_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
+    )
+    language: str = Field(primary_key=True, max_length=16)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    # What became of the one different request tried after the rejection.
+    fallback: str = Field(sa_column=Column(Text, nullable=False))
+    billed_characters: int = 0
+    rejected_at: dt.datetime = Field(default_factory=utcnow)
+
+
 class RunStatus(StrEnum):
     RUNNING = "running"
     NO_ANNOUNCEMENT = "no_announcement"

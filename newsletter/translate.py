@@ -4,37 +4,50 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
-from collections.abc import Callable, Sequence
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
 import deepl
+import requests
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.latex import PROTECT_TAG, LatexLost, normalize_whitespace, protect_latex, restore_latex
+from newsletter.latex import (
+    PROTECT_TAG,
+    LatexLost,
+    latex_to_unicode,
+    normalize_whitespace,
+    protect_latex,
+    resolve_accents,
+    restore_latex,
+)
 from newsletter.models import (
     DeepLGlossary,
     DeepLUsage,
     Paper,
+    Run,
+    RunStage,
     Selection,
+    Stage,
     Subscriber,
     SubscriberStatus,
     Translation,
+    TranslationRejection,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# DeepL takes at most 50 texts and 128 KiB per request body; stay under both.
+# DeepL takes at most 50 texts per request (its 128 KiB body limit is far above our character cap).
 MAX_TEXTS_PER_REQUEST = 50
-MAX_REQUEST_BYTES = 100_000
 # Papers selected this many days back that are still untranslated are retried after today's.
 BACKLOG_DAYS = 7
 BUNDLED_GLOSSARIES = {"zh": Path(__file__).resolve().parent / "glossary" / "ml_en_zh.tsv"}
@@ -45,6 +58,17 @@ _GLOSSARY_TARGETS = {"ZH": "zh", "ZH-HANS": "zh"}
 class TranslationUnavailable(Exception):
     """DeepL cannot translate now (bad key, quota, unreachable, failing); digests go out in English."""
 
+    def __init__(
+        self, reason: str, *, maybe_billed: bool = False, retryable: bool = False, timed_out: bool = False
+    ) -> None:
+        super().__init__(reason)
+        # DeepL may have processed (and billed) the request: its characters stay counted.
+        self.maybe_billed = maybe_billed
+        # Refused without billing and likely to pass (429, 5xx, unreachable): worth resending.
+        self.retryable = retryable
+        # Sent, but no reply came in time: retried once, smaller.
+        self.timed_out = timed_out
+
 
 class GlossaryError(ValueError):
     """The glossary file cannot be read as `english<TAB>translation` lines."""
@@ -52,13 +76,26 @@ class GlossaryError(ValueError):
 
 @dataclass
 class TranslatedBatch:
-    # None where the translation lost protected LaTeX and was rejected.
-    texts: list[str | None]
+    # The translated XML, one per text sent, placeholders as DeepL returned them.
+    texts: list[str]
     billed_characters: int
 
 
+@dataclass(frozen=True)
+class RequestPolicy:
+    """How the stage sizes DeepL requests and resends refused ones."""
+
+    request_characters: int = 5_000
+    max_retries: int = 3
+    retry_base_seconds: float = 1.0
+
+
 class Translator(Protocol):
-    def translate(self, texts: Sequence[str], target_language: str) -> TranslatedBatch: ...
+    policy: RequestPolicy
+
+    def translate(
+        self, texts: Sequence[str], target_language: str, context: str | None = None
+    ) -> TranslatedBatch: ...
 
 
 @runtime_checkable
@@ -94,46 +131,48 @@ def glossary_checksum(entries: dict[str, str]) -> str:
 
 
 class DeepLTranslator:
-    """The DeepL API through the `deepl` package: math protected by placeholders in an ignored tag."""
+    """The DeepL API through the `deepl` package: one HTTP request per call, XML with ignored <x> tags."""
 
     def __init__(
-        self, auth_key: str, server_url: str | None = None, glossary_files: dict[str, Path] | None = None
+        self,
+        auth_key: str,
+        server_url: str | None = None,
+        glossary_files: dict[str, Path] | None = None,
+        *,
+        timeout_seconds: float = 30.0,
+        policy: RequestPolicy | None = None,
     ) -> None:
+        configure_deepl_client(timeout_seconds)
         self.client = deepl.DeepLClient(auth_key, server_url=server_url)
         self.glossary_files = BUNDLED_GLOSSARIES if glossary_files is None else glossary_files
+        self.timeout_seconds = timeout_seconds
+        self.policy = policy or RequestPolicy()
         self._glossary_ids: dict[str, str | None] = {}
 
-    def translate(self, texts: Sequence[str], target_language: str) -> TranslatedBatch:
-        """Translate in one request; texts whose LaTeX placeholders came back wrong are None."""
-        protected = [protect_latex(text) for text in texts]
+    def translate(self, texts: Sequence[str], target_language: str, context: str | None = None) -> TranslatedBatch:
+        """Send the XML texts in one request (no resend: the stage counts every attempt); TranslationUnavailable."""
         language = target_language.upper()
-        xml = [text for text, _ in protected]
+        xml = list(texts)
         try:
-            results = _call(lambda: self._send(xml, target_language, self._glossary_ids.get(language)))
+            results = _call(lambda: self._send(xml, target_language, self._glossary_ids.get(language), context))
         except TranslationUnavailable as exc:
             # A glossary DeepL no longer accepts must not cost the day's translations: go on without it.
+            # The refused request was not billed, so the stage's one reservation covers the resend.
             if not self._glossary_ids.get(language) or not _refuses_glossary(exc.__cause__):
                 raise
             log.warning("DeepL refused the glossary (%s); translating without it", exc.__cause__)
             self._glossary_ids[language] = None
-            results = _call(lambda: self._send(xml, target_language, None))
+            results = _call(lambda: self._send(xml, target_language, None, context))
         if not isinstance(results, list):
             results = [results]
-        if len(results) != len(texts):
-            raise TranslationUnavailable(f"DeepL answered {len(results)} texts for {len(texts)} sent")
-        translated: list[str | None] = []
-        for (_, spans), result in zip(protected, results, strict=True):
-            try:
-                translated.append(restore_latex(result.text, spans))
-            except LatexLost as exc:
-                log.warning("rejected a translation that lost its LaTeX: %s", exc)
-                translated.append(None)
-            except Exception as exc:  # noqa: BLE001 - one unreadable reply never costs the batch
-                log.warning("rejected a translation that could not be read: %s: %s", type(exc).__name__, exc)
-                translated.append(None)
-        return TranslatedBatch(texts=translated, billed_characters=sum(r.billed_characters or 0 for r in results))
+        if len(results) != len(xml):
+            raise TranslationUnavailable(f"DeepL answered {len(results)} texts for {len(xml)} sent", maybe_billed=True)
+        return TranslatedBatch(
+            texts=[result.text for result in results],
+            billed_characters=sum(result.billed_characters or 0 for result in results),
+        )
 
-    def _send(self, xml: list[str], target_language: str, glossary_id: str | None):  # type: ignore[no-untyped-def]
+    def _send(self, xml: list[str], target_language: str, glossary_id: str | None, context: str | None):  # type: ignore[no-untyped-def]
         return self.client.translate_text(
             xml,
             source_lang="EN",
@@ -141,6 +180,7 @@ class DeepLTranslator:
             tag_handling="xml",
             ignore_tags=[PROTECT_TAG],
             glossary=glossary_id,
+            context=context,
         )
 
     def prepare(self, session: Session, target_language: str) -> None:
@@ -233,6 +273,14 @@ def _record_glossary(session: Session, row: DeepLGlossary, replaces: str | None)
     return True
 
 
+def configure_deepl_client(timeout_seconds: float) -> None:
+    """Set the `deepl` package's module-wide timeout and turn its automatic resends off."""
+    # These knobs are module globals of deepl.http_client. Its own resend of a timed-out request
+    # would be processed and billed by DeepL again, unseen by our budget: every attempt is the stage's.
+    deepl.http_client.max_network_retries = 0
+    deepl.http_client.min_connection_timeout = timeout_seconds
+
+
 def _call(request: Callable[[], T]) -> T:
     """Run a DeepL request, turning every failure into TranslationUnavailable with a short reason."""
     try:
@@ -240,19 +288,32 @@ def _call(request: Callable[[], T]) -> T:
     except deepl.DeepLException as exc:
         raise _unavailable(exc) from exc
     except (TypeError, ValueError, KeyError) as exc:  # a malformed reply (e.g. without billed_characters)
-        raise TranslationUnavailable(f"DeepL sent an unexpected reply: {exc}") from exc
+        raise TranslationUnavailable(f"DeepL sent an unexpected reply: {exc}", maybe_billed=True) from exc
 
 
 def _unavailable(exc: deepl.DeepLException) -> TranslationUnavailable:
     if isinstance(exc, deepl.QuotaExceededException):
-        return TranslationUnavailable("DeepL quota exceeded")
+        return TranslationUnavailable("DeepL 456 quota exceeded")
     if isinstance(exc, deepl.AuthorizationException):
-        return TranslationUnavailable("DeepL refused the key")
-    if isinstance(exc, deepl.ConnectionException):
-        return TranslationUnavailable(f"DeepL unreachable: {exc}")
+        return TranslationUnavailable("DeepL 403 refused the key")
     if isinstance(exc, deepl.TooManyRequestsException):
-        return TranslationUnavailable("DeepL kept answering 'too many requests'")
+        return TranslationUnavailable("DeepL 429 too many requests", retryable=True)
+    if isinstance(exc, deepl.ConnectionException):
+        return _connection_failure(exc)
+    status = exc.http_status_code
+    if status is not None:
+        return TranslationUnavailable(f"DeepL {status} failed: {exc}", retryable=status >= 500)
     return TranslationUnavailable(f"DeepL failed: {exc}")
+
+
+def _connection_failure(exc: deepl.ConnectionException) -> TranslationUnavailable:
+    """Never connected: unbilled, worth a resend. Sent but no reply: DeepL may have billed it."""
+    cause = exc.__cause__
+    if isinstance(cause, requests.exceptions.ConnectTimeout) or "Failed to establish a new connection" in str(exc):
+        return TranslationUnavailable(f"DeepL unreachable: {exc}", retryable=True)
+    if isinstance(cause, requests.exceptions.Timeout):
+        return TranslationUnavailable("DeepL timed out", maybe_billed=True, timed_out=True)
+    return TranslationUnavailable(f"DeepL reply lost: {exc}", maybe_billed=True, timed_out=True)
 
 
 def make_translator(settings: Settings) -> DeepLTranslator | None:
@@ -262,7 +323,10 @@ def make_translator(settings: Settings) -> DeepLTranslator | None:
     glossaries = dict(BUNDLED_GLOSSARIES)
     if settings.deepl_glossary_file is not None:
         glossaries["zh"] = settings.deepl_glossary_file
-    return DeepLTranslator(settings.deepl_auth_key, settings.deepl_server_url, glossaries)
+    policy = RequestPolicy(settings.deepl_request_characters, settings.deepl_max_retries,
+                           settings.deepl_retry_base_seconds)
+    return DeepLTranslator(settings.deepl_auth_key, settings.deepl_server_url, glossaries,
+                           timeout_seconds=settings.deepl_timeout_seconds, policy=policy)
 
 
 def needs_translation(language: str) -> bool:
@@ -270,14 +334,46 @@ def needs_translation(language: str) -> bool:
     return not language.upper().startswith("EN")
 
 
+BUDGET_REACHED = "daily DeepL character budget reached"
+
+
 @dataclass
 class TranslateResult:
+    """What the translate stage did: counts, the day's outcome and the papers its digests show in English."""
+
     translated: int = 0
     billed_characters: int = 0
     requests: int = 0
     rejected: int = 0
+    retries: int = 0
+    timeouts: int = 0
     missing: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # "translated", "nothing to translate", "English-only (DeepL 456 quota exceeded)", ...
+    outcome: str = "nothing to translate"
+    # Per language, the arXiv IDs of the day's papers shown in English only.
+    shown_in_english: dict[str, list[str]] = field(default_factory=dict)
+    # "2611.00001 ZH-HANS: <why>; <what the different request gave>"
+    rejections: list[str] = field(default_factory=list)
+
+
+def describe_translation(stats: Mapping[str, object]) -> str:
+    """One line for a translate stage's result (a TranslateResult's fields, as stored with the run)."""
+    line = str(stats.get("outcome") or ("English-only (" + str(stats["error"]) + ")" if stats.get("error") else "-"))
+    english = stats.get("shown_in_english") or {}
+    if isinstance(english, Mapping) and english:
+        shown = "; ".join(f"{language} {', '.join(ids)}" for language, ids in sorted(english.items()))
+        line += f"; shown in English: {shown}"
+    return line
+
+
+def _outcome(result: TranslateResult) -> str:
+    english = sum(len(ids) for ids in result.shown_in_english.values())
+    if result.error:
+        return f"{'partly translated' if result.translated else 'English-only'} ({result.error})"
+    if english:
+        return f"translated, {english} shown in English (DeepL's translation rejected)"
+    return "translated" if result.translated or result.requests else "nothing to translate"
 
 
 # -- the daily character budget, shared by every process through the database ----------------------
@@ -343,6 +439,14 @@ def billed_in_month(session: Session, day: dt.date) -> int:
 
 
 @dataclass(frozen=True)
+class ProtectedText:
+    """A title or abstract as DeepL is sent it: XML with numbered <x> placeholders, and the LaTeX they hide."""
+
+    xml: str
+    spans: list[str]
+
+
+@dataclass(frozen=True)
 class SourceText:
     """What DeepL is sent of a paper: plain values, so commits between requests reload nothing."""
 
@@ -351,16 +455,29 @@ class SourceText:
     abstract: str
 
     @cached_property
+    def protected(self) -> dict[str, ProtectedText]:
+        """Title and abstract as sent, by field name."""
+        title, abstract = paper_texts(self)
+        return {"title": ProtectedText(*protect_latex(title)), "abstract": ProtectedText(*protect_latex(abstract))}
+
+    @cached_property
+    def context(self) -> str:
+        """The title as readable text: DeepL's context for the abstract (context is not billed)."""
+        return latex_to_unicode(normalize_whitespace(self.title))
+
+    @cached_property
     def size(self) -> int:
-        """request_size, worked out once: batching, reserving and storing each need it."""
-        return request_size(self)
+        """The characters DeepL bills for the paper, worked out once: planning and reserving need it."""
+        return sum(len(text.xml) for text in self.protected.values())
 
 
-def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -> dict[str, list[SourceText]]:
+def papers_to_translate(
+    session: Session, day: dt.date, backlog_days: int = 0, *, skip_rejected: bool = True
+) -> dict[str, list[SourceText]]:
     """Per target language, selected papers without a translation: the day's first, most-read first."""
     # Grouped on the narrow keys first: grouping the joined papers' abstracts as well made
     # PostgreSQL sort a row per selection, hundreds of MB on a large day.
-    wanted = (
+    query = (
         select(
             Subscriber.language.label("language"),
             Selection.arxiv_id.label("arxiv_id"),
@@ -379,52 +496,188 @@ def papers_to_translate(session: Session, day: dt.date, backlog_days: int = 0) -
             Translation.arxiv_id.is_(None),
         )
         .group_by(Subscriber.language, Selection.arxiv_id)
-        .subquery()
     )
+    if skip_rejected:  # a translation DeepL got wrong once is not bought again
+        rejected = (TranslationRejection.arxiv_id == Selection.arxiv_id) & (
+            TranslationRejection.language == Subscriber.language
+        )
+        query = query.outerjoin(TranslationRejection, rejected).where(TranslationRejection.arxiv_id.is_(None))
+    wanted = query.subquery()
     rows = session.execute(
         select(wanted.c.language, Paper.arxiv_id, Paper.title, Paper.abstract, wanted.c.latest, wanted.c.readers)
         .join(Paper, Paper.arxiv_id == wanted.c.arxiv_id)
     ).all()
+    return _by_language(rows, day)
+
+
+def _by_language(rows: Sequence, day: dt.date) -> dict[str, list[SourceText]]:  # type: ignore[type-arg]
     language_readers: dict[str, int] = {}
     for row in rows:
         language_readers[row.language] = language_readers.get(row.language, 0) + row.readers
-    rows.sort(key=lambda row: (-language_readers[row.language], row.language, row.latest != day, -row.readers,
-                               row.arxiv_id))
+    ordered = sorted(rows, key=lambda row: (-language_readers[row.language], row.language, row.latest != day,
+                                            -row.readers, row.arxiv_id))
     texts: dict[str, list[SourceText]] = {}
-    for row in rows:
+    for row in ordered:
         if needs_translation(row.language):
             texts.setdefault(row.language, []).append(SourceText(row.arxiv_id, row.title, row.abstract))
     return texts
 
 
 def paper_texts(paper: SourceText | Paper) -> tuple[str, str]:
-    """Title and abstract as sent to DeepL (line breaks from the API are not worth paying for)."""
-    return normalize_whitespace(paper.title), normalize_whitespace(paper.abstract)
-
-
-def protected_texts(paper: SourceText | Paper) -> list[str]:
-    """Title and abstract exactly as the request carries them (LaTeX as placeholders, XML-escaped)."""
-    return [protect_latex(text)[0] for text in paper_texts(paper)]
+    """Title and abstract as sent to DeepL, before protection: one line each, accents as letters."""
+    # Line breaks from the API are not worth paying for; an accent behind a placeholder cuts its word.
+    return resolve_accents(normalize_whitespace(paper.title)), resolve_accents(normalize_whitespace(paper.abstract))
 
 
 def request_size(paper: SourceText | Paper) -> int:
-    """The bytes the paper adds to a JSON request body, and an upper bound of the characters DeepL bills for it."""
-    # json.dumps as the client sends it: non-ASCII as \uXXXX, so never shorter than the text itself.
-    return sum(len(json.dumps(text)) + 2 for text in protected_texts(paper))
+    """The characters DeepL bills for the paper's title and abstract as we send them."""
+    source = paper if isinstance(paper, SourceText) else SourceText(paper.arxiv_id, paper.title, paper.abstract)
+    return source.size
 
 
-def request_batches(papers: list[SourceText]) -> list[list[SourceText]]:
-    """Papers grouped into requests of at most MAX_TEXTS_PER_REQUEST texts and MAX_REQUEST_BYTES."""
-    batches: list[list[SourceText]] = []
-    size = 0
-    for paper in papers:
-        cost = paper.size
-        if not batches or len(batches[-1]) * 2 + 2 > MAX_TEXTS_PER_REQUEST or size + cost > MAX_REQUEST_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(paper)
-        size += cost
-    return batches
+# -- planning requests: one paper each, sized in characters -------------------------------------------
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_PLACEHOLDER_TAG = re.compile(rf"<{PROTECT_TAG}>(\d+)</{PROTECT_TAG}>")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One text of a request: a paper's title, or its abstract or a run of the abstract's sentences."""
+
+    field: str
+    xml: str
+
+
+def sentences(xml: str) -> list[str]:
+    """The sentences of a protected text (placeholders are tags without spaces, so never cut)."""
+    return [sentence for sentence in _SENTENCE_END.split(xml) if sentence]
+
+
+def paper_requests(paper: SourceText, limit: int) -> list[list[Part]]:
+    """The paper's title and abstract in requests of at most `limit` characters (longer: cut at sentences)."""
+    parts = [Part("title", paper.protected["title"].xml)]
+    parts += [Part("abstract", chunk) for chunk in _chunks(paper.protected["abstract"].xml, limit)]
+    return _pack(parts, limit)
+
+
+def _pack(parts: list[Part], limit: int) -> list[list[Part]]:
+    """Consecutive parts grouped into requests of at most `limit` characters and MAX_TEXTS_PER_REQUEST texts."""
+    requests: list[list[Part]] = [[]]
+    for part in parts:
+        full = len(requests[-1]) == MAX_TEXTS_PER_REQUEST
+        if requests[-1] and (full or sum(len(p.xml) for p in requests[-1]) + len(part.xml) > limit):
+            requests.append([])
+        requests[-1].append(part)
+    return requests
+
+
+def _chunks(xml: str, limit: int) -> list[str]:
+    if len(xml) <= limit:
+        return [xml]
+    chunks: list[str] = []
+    for sentence in sentences(xml):
+        if chunks and len(chunks[-1]) + 1 + len(sentence) <= limit:
+            chunks[-1] += " " + sentence
+        else:
+            chunks.append(sentence)
+    return chunks
+
+
+def _halves(parts: list[Part]) -> list[list[Part]] | None:
+    """A request cut in two smaller ones (a single text at its middle sentence); None if it cannot be."""
+    if len(parts) > 1:
+        middle = len(parts) // 2
+        return [parts[:middle], parts[middle:]]
+    pieces = sentences(parts[0].xml)
+    if len(pieces) < 2:
+        return None
+    middle = len(pieces) // 2
+    return [[Part(parts[0].field, " ".join(pieces[:middle]))], [Part(parts[0].field, " ".join(pieces[middle:]))]]
+
+
+def _join(pieces: Sequence[str], language: str) -> str:
+    # Chinese and Japanese sentences follow each other without a space; English ones kept need one.
+    joined = ""
+    for piece in pieces:
+        tight = language.upper().startswith(("ZH", "JA")) and not (joined[-1:].isascii() or piece[:1].isascii())
+        joined += piece if not joined or tight else " " + piece
+    return joined
+
+
+# -- sending: every attempt counted against the day's budget before it goes --------------------------
+
+
+class _BudgetReached(Exception):
+    pass
+
+
+@dataclass
+class _Sender:
+    """One language's requests: each attempt reserved first, refused ones resent, timed-out ones once, smaller."""
+
+    session: Session
+    translator: Translator
+    language: str
+    budget: int
+    today: dt.date
+    result: TranslateResult
+    request_characters: int
+
+    def send(self, parts: list[Part], context: str) -> list[str]:
+        """The parts' translated XML; a request that timed out is cut in halves and sent once more."""
+        try:
+            return self._attempts(parts, context)
+        except TranslationUnavailable as exc:
+            halves = _halves(parts) if exc.timed_out else None
+            if halves is None:
+                raise
+        self.result.timeouts += 1
+        # DeepL is slower than the requests were sized for: the rest of the run asks for less at a time.
+        self.request_characters = max(self.request_characters // 2, 200)
+        log.warning("DeepL timed out on %d characters; sending them once more in two requests",
+                    sum(len(part.xml) for part in parts))
+        try:
+            return [text for half in halves for text in self._attempts(half, context)]
+        except TranslationUnavailable as exc:
+            if not exc.timed_out:
+                raise
+            raise TranslationUnavailable("DeepL timed out twice, on smaller requests too", maybe_billed=True) from exc
+
+    def _attempts(self, parts: list[Part], context: str) -> list[str]:
+        policy = self.translator.policy
+        for attempt in range(policy.max_retries + 1):
+            if attempt:
+                self.result.retries += 1
+                time.sleep(policy.retry_base_seconds * 2 ** (attempt - 1))
+            try:
+                return self._attempt(parts, context)
+            except TranslationUnavailable as exc:
+                if not exc.retryable or attempt == policy.max_retries:
+                    raise
+                log.info("resending a request DeepL refused: %s", exc)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, parts: list[Part], context: str) -> list[str]:
+        characters = sum(len(part.xml) for part in parts)
+        if not reserve_characters(self.session, self.today, characters, self.budget):
+            raise _BudgetReached
+        try:
+            batch = self.translator.translate([part.xml for part in parts], self.language, context)
+        except TranslationUnavailable as exc:
+            # After a timeout or a garbled reply DeepL may have billed it all: the reservation stands.
+            self._settle(characters, characters if exc.maybe_billed else 0)
+            raise
+        except Exception:
+            self._settle(characters, characters)
+            raise
+        self._settle(characters, batch.billed_characters)
+        return batch.texts
+
+    def _settle(self, reserved: int, billed: int) -> None:
+        settle_characters(self.session, self.today, reserved, billed)
+        self.result.billed_characters += billed
+        self.result.requests += 1
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -440,11 +693,9 @@ def translate_selected(
     """Translate the day's selected, untranslated papers (then recent leftovers) within the daily budget."""
     result = TranslateResult()
     wanted = papers_to_translate(session, day, BACKLOG_DAYS)
-    if not wanted:
-        return result
     if translator is None:
-        result.error = "no DeepL key configured"
-    else:
+        result.error = "no DeepL key configured" if wanted else None
+    elif wanted:
         today = today or dt.datetime.now(dt.UTC).date()
         try:
             for language, papers in wanted.items():
@@ -459,8 +710,10 @@ def translate_selected(
             log.exception("translation failed")
             session.rollback()
             result.error = f"translation failed: {type(exc).__name__}: {exc}"
-    remaining = papers_to_translate(session, day)
-    result.missing = {language: len(papers) for language, papers in remaining.items()}
+    english = papers_to_translate(session, day, skip_rejected=False)
+    result.missing = {language: len(papers) for language, papers in english.items()}
+    result.shown_in_english = {language: sorted(p.arxiv_id for p in papers) for language, papers in english.items()}
+    result.outcome = _outcome(result)
     return result
 
 
@@ -473,77 +726,135 @@ def _translate_language(
     today: dt.date,
     result: TranslateResult,
 ) -> bool:
-    """Translate one language's papers batch by batch; False when the budget ran out."""
-    for batch in request_batches(papers):
-        reserved = sum(paper.size for paper in batch)
-        while not reserve_characters(session, today, reserved, budget):
-            left = characters_left(session, today, budget)
-            batch = _prefix_within(batch, left)
-            if not batch:
-                result.error = "daily DeepL character budget reached"
-                return False
-            reserved = sum(paper.size for paper in batch)
-        texts = [text for paper in batch for text in paper_texts(paper)]
+    """Translate one language's papers, one request each; False when the budget ran out."""
+    sender = _Sender(session, translator, language, budget, today, result, translator.policy.request_characters)
+    for paper in papers:
         try:
-            translated = translator.translate(texts, language)
-        except Exception as exc:
-            settle_characters(session, today, reserved, 0 if _surely_unbilled(exc) else reserved)
-            raise
-        settle_characters(session, today, reserved, translated.billed_characters)
-        result.requests += 1
-        result.billed_characters += translated.billed_characters
-        _store(session, language, batch, translated, result)
+            _translate_paper(sender, paper)
+        except _BudgetReached:
+            result.error = BUDGET_REACHED
+            return False
     return True
 
 
-def _surely_unbilled(exc: BaseException) -> bool:
-    """DeepL refused the request or was never reached; after a timeout or a garbled reply, assume it billed."""
-    cause = exc.__cause__
-    if not isinstance(cause, deepl.DeepLException):
-        return False
-    return cause.http_status_code is not None or "Failed to establish a new connection" in str(cause)
+def _translate_paper(sender: _Sender, paper: SourceText) -> None:
+    billed_before = sender.result.billed_characters
+    translated = [
+        (part, text)
+        for request in paper_requests(paper, sender.request_characters)
+        for part, text in zip(request, sender.send(request, paper.context), strict=True)
+    ]
+    texts, reasons = _assemble(paper, translated, sender.language)
+    if reasons:
+        texts, fallback = _after_rejection(sender, paper, texts, reasons)
+        billed = sender.result.billed_characters - billed_before
+        _record_rejection(sender.session, paper, sender.language, "; ".join(reasons.values()), fallback, billed)
+        sender.result.rejections.append(f"{paper.arxiv_id} {sender.language}: {'; '.join(reasons.values())}; "
+                                        f"{fallback}")
+        if texts is None:
+            sender.result.rejected += 1
+            return
+    billed = sender.result.billed_characters - billed_before
+    source = "deepl-partial" if reasons else "deepl"
+    _store_translation(sender.session, paper, sender.language, texts, billed, source, sender.result)
 
 
-def _prefix_within(batch: list[SourceText], characters: int) -> list[SourceText]:
-    kept: list[SourceText] = []
-    for paper in batch:
-        characters -= paper.size
-        if characters < 0:
-            break
-        kept.append(paper)
-    return kept
-
-
-def _store(
-    session: Session, language: str, batch: list[SourceText], translated: TranslatedBatch, result: TranslateResult
-) -> None:
-    sizes = [paper.size for paper in batch]
-    rows: list[dict] = []
-    for index, paper in enumerate(batch):
-        title, abstract = translated.texts[2 * index], translated.texts[2 * index + 1]
-        if title is None or abstract is None:
-            log.warning("%s: translation to %s rejected; the paper is shown in English", paper.arxiv_id, language)
-            result.rejected += 1
-            continue
-        share = translated.billed_characters * sizes[index] // max(sum(sizes), 1)
-        rows.append(dict(arxiv_id=paper.arxiv_id, language=language, title=title, abstract=abstract,
-                         billed_characters=share))
-    # Each request's translations are committed on their own, so billed work survives a later failure.
-    try:
-        session.add_all(Translation(**row) for row in rows)
-        session.commit()
-        result.translated += len(rows)
-        return
-    except IntegrityError:
-        session.rollback()
-    # A run of the same day in another process stored some of them first: keep the rest, one by one.
-    for row in rows:
+def _assemble(
+    paper: SourceText, translated: list[tuple[Part, str]], language: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The translated fields with their LaTeX put back, and why each unusable one was rejected."""
+    texts: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for name, protected in paper.protected.items():
+        xml = _join([text for part, text in translated if part.field == name], language)
         try:
-            with session.begin_nested():
-                session.add(Translation(**row))
-        except IntegrityError:
-            continue
-        result.translated += 1
+            texts[name] = restore_latex(xml, protected.spans)
+        except LatexLost as exc:
+            reasons[name] = f"{name}: LaTeX placeholders lost or changed ({exc})"
+        except Exception as exc:  # noqa: BLE001 - one unreadable reply never costs the run
+            reasons[name] = f"{name}: unreadable reply ({type(exc).__name__}: {exc})"
+    return texts, reasons
+
+
+def _after_rejection(
+    sender: _Sender, paper: SourceText, texts: dict[str, str], reasons: dict[str, str]
+) -> tuple[dict[str, str] | None, str]:
+    """One different request: the sentences without math sent alone, the formula sentences kept in English."""
+    log.warning("%s: translation to %s rejected (%s)", paper.arxiv_id, sender.language, "; ".join(reasons.values()))
+    plan = {name: _runs_without_math(paper.protected[name].xml) for name in reasons}
+    to_send = [Part(name, run) for name, runs in plan.items() for run in runs if not _PLACEHOLDER_TAG.search(run)]
+    if not to_send:
+        return None, "nothing else to send: every sentence holds math; shown in English"
+    try:
+        replies = iter([text for request in _pack(to_send, sender.request_characters)
+                        for text in sender.send(request, paper.context)])
+    except _BudgetReached:
+        return None, f"the different request was not sent ({BUDGET_REACHED}); shown in English"
+    except TranslationUnavailable as exc:  # recorded all the same: the first reply was bought and unusable
+        return None, f"the different request failed ({exc}); shown in English"
+    kept = 0
+    fixed = dict(texts)
+    try:
+        for name, runs in plan.items():
+            out = []
+            for run in runs:
+                if _PLACEHOLDER_TAG.search(run):
+                    out.append(_in_english(run, paper.protected[name].spans))
+                    kept += 1
+                else:
+                    out.append(restore_latex(next(replies), []))
+            fixed[name] = _join(out, sender.language)
+    except LatexLost as exc:
+        return None, f"the sentences without math came back unusable too ({exc}); shown in English"
+    return fixed, f"sentences without math translated, {kept} with math kept in English"
+
+
+def _runs_without_math(xml: str) -> list[str]:
+    """The text's sentences, each with math alone, consecutive ones without math joined into one run."""
+    runs: list[str] = []
+    for sentence in sentences(xml):
+        joinable = runs and not _PLACEHOLDER_TAG.search(sentence) and not _PLACEHOLDER_TAG.search(runs[-1])
+        if joinable:
+            runs[-1] += " " + sentence
+        else:
+            runs.append(sentence)
+    return runs
+
+
+def _in_english(sentence: str, spans: list[str]) -> str:
+    """A protected sentence as the original text, its LaTeX put back."""
+    pieces = _PLACEHOLDER_TAG.split(sentence)  # text, number, text, number, ..., text
+    return "".join(restore_latex(piece, []) if index % 2 == 0 else spans[int(piece)]
+                   for index, piece in enumerate(pieces))
+
+
+def _store_translation(
+    session: Session, paper: SourceText, language: str, texts: dict[str, str], billed: int, source: str,
+    result: TranslateResult,
+) -> None:
+    # Each paper's translation is committed on its own, so billed work survives a later failure.
+    row = Translation(arxiv_id=paper.arxiv_id, language=language, title=texts["title"], abstract=texts["abstract"],
+                      billed_characters=billed, source=source)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # a run of the same day in another process stored it first
+        session.commit()
+        return
+    session.commit()
+    result.translated += 1
+
+
+def _record_rejection(
+    session: Session, paper: SourceText, language: str, reason: str, fallback: str, billed: int
+) -> None:
+    row = TranslationRejection(arxiv_id=paper.arxiv_id, language=language, reason=reason, fallback=fallback,
+                               billed_characters=billed)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # another process recorded the same rejection first
+        pass
     session.commit()
 
 
@@ -571,6 +882,7 @@ def deepl_status_lines(session: Session, settings: Settings, today: dt.date | No
         f"DeepL characters billed: today {billed_on(session, today)} (budget {budget}, "
         f"{characters_left(session, today, budget)} left), this month {billed_in_month(session, today)}"
     ]
+    lines += translation_outcome_lines(session)
     translator = make_translator(settings)
     if translator is None:
         lines.append("DeepL account: no key configured (NEWSLETTER_DEEPL_AUTH_KEY); digests go out in English")
@@ -581,4 +893,28 @@ def deepl_status_lines(session: Session, settings: Settings, today: dt.date | No
         lines.append(f"DeepL account: usage unavailable ({exc})")
     else:
         lines.append(f"DeepL account: {count} of {limit if limit is not None else 'unlimited'} characters this period")
+    return lines
+
+
+def translation_outcome_lines(session: Session, days: int = 3, rejections_shown: int = 5) -> list[str]:
+    """Per recent run, the translate stage's outcome and the papers shown in English; then recorded rejections."""
+    lines = []
+    recorded = session.execute(
+        select(Run.day, RunStage.details)
+        .join(RunStage, RunStage.run_id == Run.id)
+        .where(RunStage.stage == Stage.TRANSLATE)
+        .order_by(Run.day.desc())
+        .limit(days)
+    )
+    for day, details in recorded:
+        if isinstance(details, Mapping):
+            lines.append(f"translation {day}: {describe_translation(details)}")
+    rejected = session.scalars(
+        select(TranslationRejection).order_by(TranslationRejection.rejected_at.desc()).limit(rejections_shown)
+    ).all()
+    if rejected:
+        total = session.scalar(select(func.count()).select_from(TranslationRejection))
+        lines.append(f"DeepL translations rejected, not bought again: {total}; latest: " + " | ".join(
+            f"{row.arxiv_id} {row.language} ({row.reason}; {row.fallback})" for row in rejected
+        ))
     return lines

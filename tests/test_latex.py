@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.latex import LatexLost, SpanKind, latex_spans, latex_to_unicode, protect_latex, restore_latex
+from newsletter.latex import (
+    LatexLost,
+    SpanKind,
+    latex_spans,
+    latex_to_unicode,
+    protect_latex,
+    resolve_accents,
+    restore_latex,
+)
 from tests.servers.deepl import DOLLAR_MISTRANSLATION, DeepLServer
 
 
@@ -44,6 +52,26 @@ def test_only_placeholders_are_sent_not_the_math() -> None:
 
     assert xml == "2.5<x>0</x> and <x>1</x> time"
     assert spans == ["$\\times$", "$\\mathcal{O}(n \\log n)$"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "sent"),
+    [
+        ('Schr\\"odinger bridges', "Schrödinger bridges"),
+        ("Erd\\H{o}s, G\\\"{o}del and Pad\\'e", "Erdős, Gödel and Padé"),
+        ('Schr{\\"o}dinger and \\v{C}ech', "Schrödinger and Čech"),
+    ],
+)
+def test_accented_names_are_sent_as_whole_words_not_cut_by_placeholders(typed: str, sent: str) -> None:
+    xml, spans = protect_latex(resolve_accents(typed))
+
+    assert xml == sent and spans == []
+
+
+def test_resolving_accents_leaves_math_and_commands_as_typed() -> None:
+    typed = 'Schr\\"odinger $\\"o + x$ and \\textbf{bold}'
+
+    assert resolve_accents(typed) == 'Schrödinger $\\"o + x$ and \\textbf{bold}'
 
 
 def test_text_outside_math_is_xml_escaped() -> None:

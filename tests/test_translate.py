@@ -7,11 +7,7 @@ import datetime as dt
 import email
 import email.policy
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +35,7 @@ from newsletter.translate import (
 from tests.conftest import make_settings
 from tests.servers.deepl import DOLLAR_MISTRANSLATION, DeepLServer
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
+from tests.test_cli import run as run_cli
 
 DAY = dt.date(2026, 11, 24)
 NEXT_DAY = dt.date(2026, 11, 25)
@@ -102,7 +99,8 @@ def transports_for(settings) -> Transports:  # type: ignore[no-untyped-def]
 
 
 def settings_for(engine, tmp_path: Path, server: DeepLServer | None, **overrides):  # type: ignore[no-untyped-def]
-    values: dict[str, object] = {"deepl_auth_key": DEEPL_TEST_KEY, "deepl_server_url": server.url if server else None}
+    values: dict[str, object] = {"deepl_auth_key": DEEPL_TEST_KEY, "deepl_server_url": server.url if server else None,
+                                 "deepl_retry_base_seconds": 0.01}
     values.update(overrides)
     return make_settings(engine.url.render_as_string(hide_password=False), tmp_path, **values)
 
@@ -137,9 +135,10 @@ def test_math_survives_translation_and_reads_as_unicode_in_both_languages(
     stored = session.get(Translation, ("2611.00001", "ZH-HANS"))
     assert stored is not None and "2.5$\\times$" in stored.title
     # What DeepL saw: placeholders in an ignored tag, never a dollar sign or a LaTeX command.
-    request = deepl_server.translate_requests[0]
+    request = next(r for r in deepl_server.translate_requests if r.context == "Fast reinforcement learning with 2.5× "
+                   "fewer samples")
     assert request.tag_handling == "xml" and request.ignore_tags == ["x"]
-    assert "Fast reinforcement learning with 2.5<x>0</x> fewer samples" in request.texts
+    assert request.texts[0] == "Fast reinforcement learning with 2.5<x>0</x> fewer samples"
     assert not any("$" in sent or "\\" in sent for sent in sent_texts(deepl_server))
 
 
@@ -159,27 +158,35 @@ def test_each_paper_is_translated_once_per_language_and_shared_by_every_reader(
     german = sent_texts(deepl_server, "DE")
     assert len(german) == 4 and set(german) < set(chinese) and "Diffusion policies for robot arms" not in german
     assert {r.target_lang for r in deepl_server.translate_requests} == {"ZH-HANS", "DE"}
-    assert len(deepl_server.translate_requests) == requests_after_first_run == 2
+    # One request per paper and language (the title goes along as context for its abstract), none on the rerun.
+    assert len(deepl_server.translate_requests) == requests_after_first_run == 5
     _, bob_text = mailed(settings, "bob@example.org")
     assert "[ZH] We combine 强化学习 and diffusion in ∑ᵢ rᵢ form." in bob_text
     _, eve_text = mailed(settings, "eve@example.org")
     assert "[ZH]" not in eve_text and ENGLISH_NOTE not in eve_text
 
 
-def test_many_papers_go_in_few_requests_within_deepl_limits(
+def test_requests_are_sized_in_characters_and_a_long_abstract_still_arrives_whole(
     engine, session: Session, deepl_server: DeepLServer, tmp_path: Path
 ) -> None:
-    settings = settings_for(engine, tmp_path, deepl_server)
+    settings = settings_for(engine, tmp_path, deepl_server, deepl_request_characters=400)
     papers = [
-        Paper(arxiv_id=f"2611.{n:05d}", title=f"Reinforcement learning study {n}", abstract="Words. " * 40)
-        for n in range(10, 70)
+        Paper(arxiv_id=f"2611.{n:05d}", title=f"Reinforcement learning study {n}", abstract=f"Words {n}. " * 12)
+        for n in range(10, 40)
     ]
+    papers.append(Paper(arxiv_id="2611.00099", title="Reinforcement learning at length",
+                        abstract="A sentence of some length. " * 60))
     add_day(session, papers)
     run_daily(session, settings, transports_for(settings), DAY)
 
     chinese = [r for r in deepl_server.translate_requests if r.target_lang == "ZH-HANS"]
-    assert [len(r.texts) for r in chinese] == [50, 50, 20]
-    assert session.scalar(select(func.count()).select_from(Translation).where(Translation.language == "ZH-HANS")) == 60
+    assert max(sum(len(text) for text in r.texts) for r in chinese) <= 400
+    long_requests = [r for r in chinese if r.context == "Reinforcement learning at length"]
+    assert len(chinese) == 30 + len(long_requests)  # one request per paper, the long one cut at sentences
+    assert len(long_requests) == 6  # its title, then 1,620 characters in five
+    assert session.scalar(select(func.count()).select_from(Translation).where(Translation.language == "ZH-HANS")) == 31
+    long_one = session.get(Translation, ("2611.00099", "ZH-HANS"))
+    assert long_one.abstract.count("A sentence of some length.") == 60
 
 
 def test_the_glossary_is_uploaded_once_and_reused_by_later_runs(
@@ -197,7 +204,7 @@ def test_the_glossary_is_uploaded_once_and_reused_by_later_runs(
     assert glossary.entries == load_glossary(BUNDLED_GLOSSARIES["zh"])
     assert glossary.entries["reinforcement learning"] == "强化学习"
     chinese = [r for r in deepl_server.translate_requests if r.target_lang == "ZH-HANS"]
-    assert len(chinese) == 2 and {r.glossary_id for r in chinese} == {glossary.glossary_id}
+    assert len(chinese) == 4 and {r.glossary_id for r in chinese} == {glossary.glossary_id}
     assert all(r.glossary_id is None for r in deepl_server.translate_requests if r.target_lang == "DE")
 
 
@@ -249,7 +256,7 @@ def test_a_passing_fault_is_retried_and_the_digest_is_translated(
 
     _, text = mailed(settings, "ada@example.org")
     assert "[ZH] Fast 强化学习" in text and CHINESE_NOTE not in text
-    assert len(deepl_server.translate_requests) == 4  # two refused, then Chinese and German
+    assert len(deepl_server.translate_requests) == 7  # two refused, then three Chinese and two German
 
 
 def _unreachable_url() -> str:
@@ -439,7 +446,7 @@ def test_when_deepl_refuses_the_glossary_the_papers_are_translated_without_it(
     run_daily(session, settings, transports_for(settings), DAY)
 
     chinese = [r for r in deepl_server.translate_requests if r.target_lang == "ZH-HANS"]
-    assert [r.glossary_id is not None for r in chinese] == [True, False]
+    assert [r.glossary_id is not None for r in chinese] == [True, False, False, False]
     _, text = mailed(settings, "ada@example.org")
     assert "[ZH] Fast reinforcement learning with 2.5× fewer samples" in text and CHINESE_NOTE not in text
 
@@ -483,17 +490,14 @@ def test_the_status_command_prints_the_deepl_figures(
     add_day(session)
     run_daily(session, settings, transports_for(settings), DAY)
     billed = deepl_server.character_count
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update(
+    env = dict(
         NEWSLETTER_DATABASE_URL=engine.url.render_as_string(hide_password=False),
         NEWSLETTER_DEEPL_AUTH_KEY=DEEPL_TEST_KEY,
         NEWSLETTER_DEEPL_SERVER_URL=deepl_server.url,
-        # This checkout's code, whichever copy of the package the console script was installed from.
-        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
     )
-    newsletter = shutil.which("newsletter") or str(Path(sys.executable).with_name("newsletter"))
 
-    status = subprocess.run([newsletter, "status"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    # From this checkout: the installed console script may be another checkout's code, not this schema's.
+    status = run_cli(["status"], tmp_path, **env)
 
     assert status.returncode == 0, status.stderr
     assert f"DeepL characters billed: today {billed} (budget 400000" in status.stdout

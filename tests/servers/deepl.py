@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ GLOSSARY_PAIRS: tuple[tuple[str, str], ...] = (
     ("es", "en"),
 )
 _TAG = re.compile(r"<(/?)([A-Za-z_][\w.\-]*)((?:\s[^<>]*?)?)(/?)>")
+_PLACEHOLDER = re.compile(r"<x>\d+</x>")
 _ERROR_MESSAGES = {
     400: "Bad request",
     403: "Wrong endpoint. Use https://api.deepl.com",
@@ -57,6 +59,7 @@ class DeepLRequest:
     tag_handling: str | None = None
     ignore_tags: list[str] = field(default_factory=list)
     glossary_id: str | None = None
+    context: str | None = None
 
 
 @dataclass
@@ -161,6 +164,13 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
         self.character_limit = character_limit
         self.glossaries: dict[str, Glossary] = {}
         self.translate_segment: Callable[[str, str], str] | None = None
+        # Slow mode: a translation takes this long per character it bills, and is billed when done,
+        # whether or not the client is still waiting (as DeepL does).
+        self.seconds_per_character = 0.0
+        # Lossy mode: translations come back without their <x>N</x> placeholders.
+        self.drop_placeholders = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
 
     # public helpers ------------------------------------------------------------
 
@@ -173,6 +183,15 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
     def translate_requests(self) -> list[DeepLRequest]:
         """Logged POST /v2/translate requests."""
         return [r for r in self.requests if r.path == "/v2/translate"]
+
+    def stall_next(self, n: int, seconds: float) -> None:
+        """Hold the next n translate requests `seconds` before processing (and billing) them."""
+        self.delay_next(n, seconds, path_prefix="/v2/translate")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request is being processed (a slow one bills when it ends); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     @staticmethod
     def prefix_for(target_lang: str) -> str:
@@ -244,7 +263,19 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
             tag_handling=body.get("tag_handling"),
             ignore_tags=_as_list(body.get("ignore_tags")),
             glossary_id=str(glossary_id) if glossary_id else None,
+            context=body.get("context"),
         )
+
+    def _serve(self, request: IncomingRequest) -> Response | None:
+        """Count the request as in flight while it is delayed and processed."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return super()._serve(request)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def _error_body(self, status: int) -> tuple[bytes, str]:
         """DeepL errors carry a JSON message."""
@@ -310,6 +341,8 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
             return _error(456, "Quota exceeded")
         tag_handling = body.get("tag_handling")
         ignore_tags = _as_list(body.get("ignore_tags"))
+        if self.seconds_per_character and self._stopping.wait(billed * self.seconds_per_character):
+            return _error(503, "Service unavailable")
         translations = []
         for text in texts:
             translated = self.fake_translate(
@@ -319,6 +352,8 @@ class DeepLServer(FakeHTTPServer[DeepLRequest]):
                 ignore_tags=ignore_tags,
                 glossary=glossary,
             )
+            if self.drop_placeholders:
+                translated = _PLACEHOLDER.sub("", translated)
             translations.append(
                 {
                     "detected_source_language": source.split("-")[0] if source else "EN",

@@ -29,8 +29,12 @@ def deepl_server() -> Iterator[DeepLServer]:
 
 @pytest.fixture
 def deepl_fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the deepl client's retry backoff near-instant and bounded (2 retries)."""
+    """Make the resends of refused DeepL requests near-instant and bounded (2 retries)."""
     import deepl.http_client as http_client
+
+    # The translate stage resends refused requests itself (Settings), the client's own knobs are off.
+    monkeypatch.setenv("NEWSLETTER_DEEPL_RETRY_BASE_SECONDS", "0.01")
+    monkeypatch.setenv("NEWSLETTER_DEEPL_MAX_RETRIES", "2")
 
     monkeypatch.setattr(http_client, "max_network_retries", 2)
     monkeypatch.setattr(http_client._BackoffTimer, "BACKOFF_INITIAL", 0.01)
