@@ -72,6 +72,11 @@ def recipients_for_day(session: Session, day: dt.date) -> list[int]:
     return list(session.scalars(recipients_query(day).order_by(Subscriber.id)))
 
 
+def _delivery_row_exists(session: Session, subscriber_id: int, day: dt.date) -> bool:
+    found = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == subscriber_id, Delivery.day == day))
+    return found is not None
+
+
 def claim_delivery(
     session: Session, subscriber_id: int, day: dt.date, lease: dt.timedelta = CLAIM_LEASE
 ) -> Delivery | None:
@@ -84,6 +89,10 @@ def claim_delivery(
         return delivery
     except IntegrityError:
         session.rollback()
+        if not _delivery_row_exists(session, subscriber_id, day):
+            if session.get(Subscriber, subscriber_id) is None:
+                return None  # the subscriber left while the day was being sent
+            raise  # no row holds the claim: the database refused the insert itself (a trigger, a full disk)
     now = utcnow()
     # One UPDATE decides: under concurrency the database re-checks the condition on the row it locks.
     taken = session.execute(

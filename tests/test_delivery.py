@@ -13,8 +13,9 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from newsletter.config import Settings
@@ -24,7 +25,7 @@ from newsletter.mail.smtp import SmtpBackend, Throttle
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
 from newsletter.tokens import SubscriberLinks
-from tests.conftest import REDIS_URL, make_settings, reachable_redis_or_skip
+from tests.conftest import REDIS_URL, inserts_refused, make_settings, reachable_redis_or_skip
 from tests.delivery_helpers import deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
 
@@ -324,3 +325,21 @@ def test_an_outbox_that_cannot_be_written_stops_the_day_and_a_rerun_resumes(
     assert resumed.sent == 2
     written = sorted(path.stem for path in (tmp_path / "outbox" / "2026-11-24").glob("*.eml"))
     assert written == addresses
+
+
+def test_a_claim_the_database_refuses_fails_the_day_instead_of_passing_for_someone_elses(
+    session: Session, engine: Engine, settings: Settings
+) -> None:
+    seed_day(session, 2)
+    session.rollback()  # no open transaction of ours may hold the table the trigger is added to
+    refused = "delivery inserts are refused while the table is restored"
+
+    with inserts_refused(engine, "delivery", refused, pg_errcode="integrity_constraint_violation"):
+        with pytest.raises(IntegrityError, match="restored"):
+            deliver(session, settings)
+        session.rollback()
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+
+    resumed = deliver(session, settings)
+
+    assert resumed.sent == 2
