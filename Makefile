@@ -24,8 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# mypy reads its files and settings from pyproject.toml ([tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check newsletter workers tests bench
+	$(BIN)/mypy
 
 web: $(STAMP)
 	$(BIN)/newsletter web

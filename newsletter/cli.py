@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings, get_settings
@@ -55,7 +56,7 @@ def _settings() -> Settings:
     return get_settings()
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     return engine_for(_settings().database_url)
 
 
@@ -231,7 +232,9 @@ def main() -> None:
         )
         _fail(f"configuration error: {problems}")
     except SQLAlchemyError as exc:
-        _fail(f"database error: {str(exc.orig if getattr(exc, 'orig', None) else exc).strip().splitlines()[0]}")
+        # DBAPIError carries the driver's own error in `orig`, which reads better than SQLAlchemy's wrapper.
+        cause = getattr(exc, "orig", None) or exc
+        _fail(f"database error: {str(cause).strip().splitlines()[0]}")
     except (CommandError, SubscriptionError, HarvestError) as exc:
         _fail(str(exc))
     except Exception as exc:  # click usage errors and anything unexpected: still one line

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.keywords import KeywordIndex, PaperText
 from newsletter.models import (
@@ -43,10 +43,10 @@ class MatchResult:
 def load_profiles(session: Session) -> dict[int, list[str]]:
     """Active subscribers' keywords, in each subscriber's order."""
     rows = session.execute(
-        select(SubscriberKeyword.subscriber_id, SubscriberKeyword.expression)
-        .join(Subscriber, Subscriber.id == SubscriberKeyword.subscriber_id)
-        .where(Subscriber.status == SubscriberStatus.ACTIVE)
-        .order_by(SubscriberKeyword.subscriber_id, SubscriberKeyword.position)
+        select(col(SubscriberKeyword.subscriber_id), col(SubscriberKeyword.expression))
+        .join(Subscriber, col(Subscriber.id) == col(SubscriberKeyword.subscriber_id))
+        .where(col(Subscriber.status) == SubscriberStatus.ACTIVE)
+        .order_by(col(SubscriberKeyword.subscriber_id), col(SubscriberKeyword.position))
     )
     profiles: dict[int, list[str]] = defaultdict(list)
     for subscriber_id, expression in rows:
@@ -75,18 +75,20 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
     for subscriber_id, position, error in index.invalid:
         log.warning("subscriber %s: keyword %d skipped, it no longer parses: %s", subscriber_id, position + 1, error)
     papers = session.scalars(
-        select(Paper).join(Announcement, Announcement.arxiv_id == Paper.arxiv_id).where(Announcement.day == day)
+        select(Paper)
+        .join(Announcement, col(Announcement.arxiv_id) == col(Paper.arxiv_id))
+        .where(col(Announcement.day) == day)
     ).all()
-    day_ids = select(Announcement.arxiv_id).where(Announcement.day == day)
+    day_ids = select(col(Announcement.arxiv_id)).where(col(Announcement.day) == day)
     already_sent = set(
         session.execute(
-            select(SentPaper.subscriber_id, SentPaper.arxiv_id).where(
-                SentPaper.day != day, SentPaper.arxiv_id.in_(day_ids)
+            select(col(SentPaper.subscriber_id), col(SentPaper.arxiv_id)).where(
+                col(SentPaper.day) != day, col(SentPaper.arxiv_id).in_(day_ids)
             )
         )
     )
     # A digest already claimed for this day keeps the selection it was built from.
-    claimed = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
+    claimed = set(session.scalars(select(col(Delivery.subscriber_id)).where(col(Delivery.day) == day)))
     chosen: dict[tuple[int, str], dict] = {}
     for subscriber, sections in index.select(map(paper_text, papers), processes).items():
         if subscriber in claimed:
@@ -110,9 +112,11 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
                     existing["terms"] = sorted(set(existing["terms"]) | terms)
     session.execute(
         delete(Selection).where(
-            Selection.day == day,
-            Selection.subscriber_id.not_in(
-                select(Delivery.subscriber_id).where(Delivery.day == day, Delivery.subscriber_id.is_not(None))
+            col(Selection.day) == day,
+            col(Selection.subscriber_id).not_in(
+                select(col(Delivery.subscriber_id)).where(
+                    col(Delivery.day) == day, col(Delivery.subscriber_id).is_not(None)
+                )
             ),
         )
     )
@@ -126,7 +130,7 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         session.execute(text("ANALYZE selection, subscriber"))
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(
-        select(func.count(), func.count(func.distinct(Selection.subscriber_id))).where(Selection.day == day)
+        select(func.count(), func.count(func.distinct(col(Selection.subscriber_id)))).where(col(Selection.day) == day)
     ).one()
     return MatchResult(
         subscribers=len(profiles),

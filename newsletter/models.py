@@ -6,12 +6,20 @@ import datetime as dt
 import secrets
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Table, Text, UniqueConstraint, inspect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 # JSONB on PostgreSQL: comparable (DISTINCT works) and compact.
 JSON_VALUE = JSON().with_variant(JSONB(), "postgresql")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for statements that go around the ORM (bulk upserts, raw slots)."""
+    # SQLModel sets `__table__` without declaring it; the mapper's table is the same object, typed.
+    table = inspect(model).local_table
+    assert isinstance(table, Table)
+    return table
 
 
 def utcnow() -> dt.datetime:

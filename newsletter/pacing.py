@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import redis
 from sqlalchemy import case, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.dml import ReturningUpdate
 
-from newsletter.models import RateLimitSlot
+from newsletter.models import RateLimitSlot, table_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class DatabaseRequestSlots:
 
     def reserve(self) -> float:
         now = time.time()
-        table = RateLimitSlot.__table__
+        table = table_of(RateLimitSlot)
         later = case((table.c.next_free > now, table.c.next_free), else_=now)
         statement = (
             update(table)
@@ -86,8 +88,8 @@ class DatabaseRequestSlots:
         except SQLAlchemyError as exc:
             raise PacingUnavailable(f"cannot reserve a slot for {self.key} in the database: {exc}") from exc
 
-    def _reserve(self, statement, now: float) -> float:  # type: ignore[no-untyped-def]
-        table = RateLimitSlot.__table__
+    def _reserve(self, statement: ReturningUpdate[Any], now: float) -> float:
+        table = table_of(RateLimitSlot)
         # Its own short transaction: the harvest's transaction must not be committed by the limiter.
         with self.engine.begin() as conn:
             next_free = conn.execute(statement).scalar()
@@ -98,13 +100,14 @@ class DatabaseRequestSlots:
                     next_free = now + self.delay_seconds
                 except IntegrityError:  # another process created the row first
                     next_free = conn.execute(statement).scalar()
+        assert next_free is not None  # the row exists now: ours, or the one that beat our insert
         return max(0.0, float(next_free) - self.delay_seconds - now)
 
 
 class RequestPacer:
     """Blocks each caller until its reserved slot; the one gate every paced request passes."""
 
-    def __init__(self, slots: RequestSlots, sleep=time.sleep) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, slots: RequestSlots, sleep: Callable[[float], None] = time.sleep) -> None:
         self.slots = slots
         self._sleep = sleep
 

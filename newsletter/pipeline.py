@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter import runs
 from newsletter.config import Settings
@@ -313,19 +313,19 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
     return translation
 
 
-def _unfinished(day: dt.date, *statuses: DeliveryStatus):  # type: ignore[no-untyped-def]
+def _unfinished(day: dt.date, *statuses: DeliveryStatus) -> Select[int]:
     """Recipients of the day whose delivery row is missing or in one of `statuses`."""
     recipients = recipients_query(day).subquery()
-    delivery = (Delivery.subscriber_id == recipients.c.id) & (Delivery.day == day)
-    pending = Delivery.id.is_(None) | Delivery.status.in_(statuses)
+    delivery = (col(Delivery.subscriber_id) == recipients.c.id) & (col(Delivery.day) == day)
+    pending = col(Delivery.id).is_(None) | col(Delivery.status).in_(statuses)
     return select(recipients.c.id).outerjoin(Delivery, delivery).where(pending)
 
 
 def delivery_chunks(session: Session, day: dt.date, chunk_size: int) -> list[list[int]]:
     """Split the recipients still owed a digest into chunks and record the fan-out (commits)."""
     retryable = _unfinished(day, DeliveryStatus.CLAIMED).union(
-        select(Delivery.subscriber_id).where(
-            Delivery.day == day, Delivery.status == DeliveryStatus.FAILED, Delivery.retryable
+        select(col(Delivery.subscriber_id)).where(
+            col(Delivery.day) == day, col(Delivery.status) == DeliveryStatus.FAILED, col(Delivery.retryable)
         )
     )
     recipients = recipients_for_day(session, day)
@@ -353,10 +353,10 @@ def claimed_elsewhere(session: Session, day: dt.date, subscriber_ids: list[int])
     """Of these subscribers, those whose digest another sender has claimed and not finished."""
     return list(
         session.scalars(
-            select(Delivery.subscriber_id).where(
-                Delivery.day == day,
-                Delivery.subscriber_id.in_(subscriber_ids),
-                Delivery.status == DeliveryStatus.CLAIMED,
+            select(col(Delivery.subscriber_id)).where(
+                col(Delivery.day) == day,
+                col(Delivery.subscriber_id).in_(subscriber_ids),
+                col(Delivery.status) == DeliveryStatus.CLAIMED,
             )
         )
     )

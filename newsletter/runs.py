@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.models import Delivery, DeliveryStatus, Run, RunStage, RunStatus, Stage, utcnow
 
@@ -33,14 +33,14 @@ COUNT_COLUMNS = frozenset(
 
 def find_run(session: Session, day: dt.date) -> Run | None:
     """The day's run as the database has it now (not a stale copy from the session)."""
-    return session.scalars(select(Run).where(Run.day == day).execution_options(populate_existing=True)).first()
+    return session.scalars(select(Run).where(col(Run.day) == day).execution_options(populate_existing=True)).first()
 
 
 def locked_run(session: Session, day: dt.date) -> Run | None:
     """The day's run, locked until the caller commits."""
     # Stage tasks on several workers write into the same row: serialize them on it.
     return session.scalars(
-        select(Run).where(Run.day == day).with_for_update().execution_options(populate_existing=True)
+        select(Run).where(col(Run.day) == day).with_for_update().execution_options(populate_existing=True)
     ).first()
 
 
@@ -56,13 +56,13 @@ def claim_run(session: Session, day: dt.date) -> Run:
         session.commit()
     except IntegrityError:
         session.rollback()
-        run = session.scalars(select(Run).where(Run.day == day)).one()
+        run = session.scalars(select(Run).where(col(Run.day) == day)).one()
     return run
 
 
 def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
     """Start the day's run: True for the one caller that created or reopened its row (commits)."""
-    if session.scalars(select(Run.id).where(Run.day == day)).first() is None:
+    if session.scalars(select(col(Run.id)).where(col(Run.day) == day)).first() is None:
         try:
             with session.begin_nested():
                 session.add(Run(day=day))
@@ -78,7 +78,7 @@ def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
         session.commit()
         return False
     # The harvest is not redone, so its row stays; every later stage records itself again.
-    session.execute(delete(RunStage).where(RunStage.run_id == run.id, RunStage.stage != Stage.HARVEST))
+    session.execute(delete(RunStage).where(col(RunStage.run_id) == run.id, col(RunStage.stage) != Stage.HARVEST))
     run.status, run.reason, run.failed_stage = RunStatus.RUNNING, None, None
     run.started_at, run.finished_at = utcnow(), None
     session.add(run)
@@ -91,7 +91,7 @@ def _stage_row(session: Session, run: Run, stage: Stage) -> RunStage:
     if run.id is None:
         session.flush()
     row = session.scalars(
-        select(RunStage).where(RunStage.run_id == run.id, RunStage.stage == stage).execution_options(
+        select(RunStage).where(col(RunStage.run_id) == run.id, col(RunStage.stage) == stage).execution_options(
             populate_existing=True
         )
     ).first()
@@ -112,7 +112,7 @@ def _set_counts(row: RunStage, counts: dict[str, int]) -> None:
 
 def mark_harvested(session: Session, day: dt.date, announced: int, details: dict[str, Any]) -> None:
     """Mark the day's papers stored and record its harvest counts, in the caller's transaction."""
-    run = session.scalars(select(Run).where(Run.day == day)).first() or Run(day=day)
+    run = session.scalars(select(Run).where(col(Run.day) == day)).first() or Run(day=day)
     now = utcnow()
     run.harvested_at = now
     run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
@@ -128,14 +128,14 @@ def mark_caught_up(session: Session, days: Iterable[dt.date]) -> None:
     days = list(days)
     if not days:
         return
-    for run in session.scalars(select(Run).where(Run.day.in_(days))):  # type: ignore[attr-defined]
+    for run in session.scalars(select(Run).where(col(Run.day).in_(days))):
         run.caught_up = True
         session.add(run)
 
 
 def record_no_announcement(session: Session, day: dt.date, reason: str) -> None:
     """End the day's run as a day arXiv announced nothing, unless its papers are stored (caller commits)."""
-    run = session.scalars(select(Run).where(Run.day == day)).first()
+    run = session.scalars(select(Run).where(col(Run.day) == day)).first()
     if run is not None and run.harvested_at is not None:
         return
     run = run or Run(day=day)
@@ -145,7 +145,7 @@ def record_no_announcement(session: Session, day: dt.date, reason: str) -> None:
 
 def clear_harvest_failure(session: Session, day: dt.date) -> None:
     """Forget the note of an earlier failed harvest attempt once the harvest succeeded (caller commits)."""
-    run = session.scalars(select(Run).where(Run.day == day)).first()
+    run = session.scalars(select(Run).where(col(Run.day) == day)).first()
     if run is not None and run.last_harvest_failure is not None:
         run.last_harvest_failure, run.last_harvest_failure_at = None, None
         session.add(run)
@@ -153,7 +153,7 @@ def clear_harvest_failure(session: Session, day: dt.date) -> None:
 
 def record_harvest_failure(session: Session, day: dt.date, reason: str) -> None:
     """Note on the day's run why its harvest failed; the next run tries again (commits)."""
-    run = session.scalars(select(Run).where(Run.day == day)).first()
+    run = session.scalars(select(Run).where(col(Run.day) == day)).first()
     if run is not None and run.harvested_at is not None:
         # The day itself is stored (the failure was a later or missed day's): keep its outcome, note the failure.
         run.last_harvest_failure, run.last_harvest_failure_at = reason[:MAX_REASON], utcnow()
@@ -238,7 +238,7 @@ def delivery_counts(session: Session, day: dt.date) -> dict[str, int]:
     """How many of the day's digests are sent, failed and still claimed."""
     rows = dict(
         session.execute(
-            select(Delivery.status, func.count()).where(Delivery.day == day).group_by(Delivery.status)
+            select(col(Delivery.status), func.count()).where(col(Delivery.day) == day).group_by(col(Delivery.status))
         ).all()
     )
     return {status.value: int(rows.get(status, 0)) for status in DeliveryStatus}
@@ -271,7 +271,9 @@ def finish_run(session: Session, run: Run) -> Run:
 
 def run_is_open(session: Session, day: dt.date) -> bool:
     """Whether the day's run is still in progress (later stages skip a run that ended)."""
-    status = session.scalar(select(Run.status).where(Run.day == day).execution_options(populate_existing=True))
+    status = session.scalar(
+        select(col(Run.status)).where(col(Run.day) == day).execution_options(populate_existing=True)
+    )
     return status == RunStatus.RUNNING
 
 
@@ -280,7 +282,7 @@ def stage_rows(session: Session, run: Run) -> dict[Stage, RunStage]:
     rows = {
         row.stage: row
         for row in session.scalars(
-            select(RunStage).where(RunStage.run_id == run.id).execution_options(populate_existing=True)
+            select(RunStage).where(col(RunStage.run_id) == run.id).execution_options(populate_existing=True)
         )
     }
     return {stage: rows[stage] for stage in Stage if stage in rows}
@@ -289,9 +291,9 @@ def stage_rows(session: Session, run: Run) -> dict[Stage, RunStage]:
 def stage_finished(session: Session, day: dt.date, stage: Stage) -> bool:
     """Whether the day's run has finished `stage` (a redelivered task then skips it)."""
     finished = session.scalar(
-        select(RunStage.finished_at)
-        .join(Run, Run.id == RunStage.run_id)
-        .where(Run.day == day, RunStage.stage == stage)
+        select(col(RunStage.finished_at))
+        .join(Run, col(Run.id) == col(RunStage.run_id))
+        .where(col(Run.day) == day, col(RunStage.stage) == stage)
         .execution_options(populate_existing=True)
     )
     return finished is not None
@@ -300,9 +302,9 @@ def stage_finished(session: Session, day: dt.date, stage: Stage) -> bool:
 def deliveries_enqueued(session: Session, day: dt.date) -> bool:
     """Whether this run's fan-out put every send chunk on the queue already."""
     enqueued = session.scalar(
-        select(RunStage.enqueued_at)
-        .join(Run, Run.id == RunStage.run_id)
-        .where(Run.day == day, RunStage.stage == Stage.DELIVER)
+        select(col(RunStage.enqueued_at))
+        .join(Run, col(Run.id) == col(RunStage.run_id))
+        .where(col(Run.day) == day, col(RunStage.stage) == Stage.DELIVER)
         .execution_options(populate_existing=True)
     )
     return enqueued is not None

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.delivery import bounced_subscribers
@@ -47,11 +47,13 @@ def _missing_days(days: list[dt.date]) -> list[dt.date]:
 
 def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterator[str]:
     """Human-readable status, newest run first."""
-    counts = dict(session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
+    counts = dict(
+        session.execute(select(col(Subscriber.status), func.count()).group_by(col(Subscriber.status))).all()
+    )
     yield "subscribers: " + (", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "none")
     for address, error in bounced_subscribers(session):
         yield f"bounced: {address} ({error or 'no reply recorded'}), no longer mailed"
-    latest = session.scalars(select(Run).order_by(Run.day.desc()).limit(runs)).all()
+    latest = session.scalars(select(Run).order_by(col(Run.day).desc()).limit(runs)).all()
     if not latest:
         yield "runs: none yet"
     lines = [(run.day, run_line(session, run)) for run in latest]
@@ -66,7 +68,9 @@ def run_line(session: Session, run: Run) -> str:
     """One run: its outcome, why there is no digest, counts per stage, seconds per stage."""
     deliveries = dict(
         session.execute(
-            select(Delivery.status, func.count()).where(Delivery.day == run.day).group_by(Delivery.status)
+            select(col(Delivery.status), func.count())
+            .where(col(Delivery.day) == run.day)
+            .group_by(col(Delivery.status))
         ).all()
     )
     stages = stage_rows(session, run)

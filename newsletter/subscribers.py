@@ -6,18 +6,19 @@ Problems come back as codes with parameters; the CLI (English, `describe`) and t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, or_, select, update
-from sqlmodel import Session
+from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlmodel import Session, col
 
 from newsletter.account_mail import already_subscribed_mail, confirmation_mail
 from newsletter.config import Settings, get_settings
@@ -82,7 +83,8 @@ class Problem:
 
     field: InputField
     code: ProblemCode
-    params: Mapping[str, object] = field(default_factory=dict)
+    # dataclasses.field spelled out: the `field` attribute above shadows the bare name.
+    params: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 # The CLI's words (English) for each code.
@@ -238,12 +240,13 @@ def validate(email: str, keywords: Sequence[str], language: str, timezone: str) 
 
 def find_subscriber(session: Session, email: str) -> Subscriber | None:
     """The subscriber with that address, if any."""
-    return session.scalars(select(Subscriber).where(func.lower(Subscriber.email) == email.lower())).first()
+    return session.scalars(select(Subscriber).where(func.lower(col(Subscriber.email)) == email.lower())).first()
 
 
 def replace_keywords(session: Session, subscriber: Subscriber, keywords: Sequence[str]) -> None:
     """Store the subscriber's keywords in order, replacing the old ones."""
-    session.execute(delete(SubscriberKeyword).where(SubscriberKeyword.subscriber_id == subscriber.id))
+    assert subscriber.id is not None, "flush the subscriber first"
+    session.execute(delete(SubscriberKeyword).where(col(SubscriberKeyword.subscriber_id) == subscriber.id))
     session.add_all(
         SubscriberKeyword(subscriber_id=subscriber.id, position=position, expression=keyword)
         for position, keyword in enumerate(keywords)
@@ -296,7 +299,7 @@ def unsubscribe(subscriber: Subscriber) -> None:
 def delete_subscriber(session: Session, subscriber: Subscriber) -> None:
     """Remove the subscriber with their keywords, selections and sent papers; deliveries keep an anonymous row."""
     # The foreign keys cascade (and set Delivery.subscriber_id to NULL) in the database itself.
-    session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))
+    session.execute(delete(Subscriber).where(col(Subscriber.id) == subscriber.id))
     session.expunge(subscriber)
 
 
@@ -312,12 +315,18 @@ class MailNotSent(SubscriptionError):
 def _claim_confirmation_slot(session: Session, subscriber_id: int) -> bool:
     """Atomically take the right to mail this address now; False when one went out in the last 10 minutes."""
     now = utcnow()
-    last_sent = Subscriber.confirmation_sent_at
-    claimed = session.execute(
-        update(Subscriber)
-        .where(Subscriber.id == subscriber_id, or_(last_sent.is_(None), last_sent < now - CONFIRMATION_INTERVAL))
-        .values(confirmation_sent_at=now)
-        .execution_options(synchronize_session=False)
+    last_sent = col(Subscriber.confirmation_sent_at)
+    # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
+    claimed = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(Subscriber)
+            .where(
+                col(Subscriber.id) == subscriber_id, or_(last_sent.is_(None), last_sent < now - CONFIRMATION_INTERVAL)
+            )
+            .values(confirmation_sent_at=now)
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.commit()
     return claimed.rowcount == 1
@@ -353,7 +362,7 @@ def request_subscription(
     try:
         mail.send(_opt_in_mail(settings, signer, subscriber, active))
     except Exception as exc:  # noqa: BLE001 - any transport failure: let them try again at once
-        session.execute(update(Subscriber).where(Subscriber.id == subscriber.id).values(confirmation_sent_at=None))
+        session.execute(update(Subscriber).where(col(Subscriber.id) == subscriber.id).values(confirmation_sent_at=None))
         session.commit()
         raise MailNotSent(str(exc)) from exc
     return request.email
@@ -367,7 +376,7 @@ def request_subscription(
 def subscriber_by_claims(session: Session, claims: TokenClaims) -> Subscriber:
     """The subscriber a valid link names; InvalidToken("gone") when they no longer exist."""
     if claims.public_id is not None:
-        subscriber = session.scalars(select(Subscriber).where(Subscriber.public_id == claims.public_id)).first()
+        subscriber = session.scalars(select(Subscriber).where(col(Subscriber.public_id) == claims.public_id)).first()
     else:
         # Links signed before public IDs named the row number, which SQLite hands out again after a
         # delete: such a link is only honoured for a row that existed when it was signed.
@@ -388,9 +397,9 @@ def keywords_of(session: Session, subscriber: Subscriber) -> list[str]:
     """The subscriber's keywords in their order."""
     return list(
         session.scalars(
-            select(SubscriberKeyword.expression)
-            .where(SubscriberKeyword.subscriber_id == subscriber.id)
-            .order_by(SubscriberKeyword.position)
+            select(col(SubscriberKeyword.expression))
+            .where(col(SubscriberKeyword.subscriber_id) == subscriber.id)
+            .order_by(col(SubscriberKeyword.position))
         )
     )
 

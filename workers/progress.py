@@ -6,7 +6,7 @@ import datetime as dt
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings
@@ -66,7 +66,7 @@ def wait_for_day(engine: Engine, day: dt.date, timeout: float, console: Console)
             time.sleep(POLL_SECONDS)
 
 
-def _show(display: Progress, bar, day: dt.date, view: RunProgress) -> None:  # type: ignore[no-untyped-def]
+def _show(display: Progress, bar: TaskID, day: dt.date, view: RunProgress) -> None:
     done = view.sent + view.failed
     display.update(
         bar,

@@ -63,7 +63,9 @@ class DayTask(Task):
     # The stage of the day this task does; a failure is recorded against it.
     stage: Stage | None = None
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def, override]
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
         day = args[0] if args else kwargs.get("day")
         if not day:
             return

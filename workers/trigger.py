@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from redis.lock import Lock
@@ -26,7 +27,8 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def day_lock(client: redis.Redis, day: dt.date, seconds: float) -> Lock:
     """The lock stage tasks of one day hold, so a redelivered duplicate waits instead of racing."""
-    return client.lock(f"newsletter:lock:day:{day.isoformat()}", timeout=seconds, blocking_timeout=seconds)
+    # redis-py leaves Redis.lock unannotated; it returns a redis.lock.Lock unless given another lock_class.
+    return cast(Lock, client.lock(f"newsletter:lock:day:{day.isoformat()}", timeout=seconds, blocking_timeout=seconds))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 import arxiv
@@ -110,13 +110,16 @@ class ArxivApiSession(requests.Session):
         self.pacer = pacer
         self.timeout = timeout
 
-    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if self.pacer is not None:
             self.pacer.wait_turn()
         kwargs.setdefault("timeout", self.timeout)
         response = super().request(method, url, *args, **kwargs)
+        text_url = url.decode() if isinstance(url, bytes) else url  # requests allows bytes; `arxiv` passes str
         try:
-            check_api_reply(response.status_code, response.headers.get("Content-Type", ""), response.content, url)
+            check_api_reply(
+                response.status_code, response.headers.get("Content-Type", ""), response.content, text_url
+            )
         except ApiReplyError as exc:
             exc.retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
             raise

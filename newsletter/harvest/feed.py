@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
+from xml.etree.ElementTree import Element
 
 import requests
 from defusedxml import ElementTree
@@ -85,7 +86,7 @@ def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
     return feed
 
 
-def _channel_day(channel, required: bool) -> dt.date | None:  # type: ignore[no-untyped-def]
+def _channel_day(channel: Element, required: bool) -> dt.date | None:
     raw = channel.findtext("pubDate") or channel.findtext("lastBuildDate")
     if not raw:
         if required:
@@ -104,7 +105,7 @@ def _announce_type(raw: str) -> AnnounceType | None:
     return {"new": AnnounceType.NEW, "cross": AnnounceType.CROSS}.get(raw)
 
 
-def _parse_feed_item(item) -> tuple[FeedItem | None, str]:  # type: ignore[no-untyped-def]
+def _parse_feed_item(item: Element) -> tuple[FeedItem | None, str]:
     guid = item.findtext("guid") or item.findtext("link") or ""
     try:
         arxiv_id, version = split_arxiv_id(guid)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.harvest.api import DetailsSource, SubmissionSearch
 from newsletter.harvest.calendar import announcement_day_for, feed_days_between, submission_window
 from newsletter.harvest.feed import AnnouncementFeed, FeedItem, FeedSource, read_feed
 from newsletter.harvest.records import HarvestError, PaperRecord
-from newsletter.models import Announcement, AnnounceType, Paper, Run, utcnow
+from newsletter.models import Announcement, AnnounceType, Paper, Run, table_of, utcnow
 from newsletter.runs import mark_harvested
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def _stored_versions(session: Session, ids: Iterable[str]) -> dict[str, tuple[in
     found: dict[str, tuple[int, str]] = {}
     for start in range(0, len(wanted), 1000):
         rows = session.execute(
-            select(Paper.arxiv_id, Paper.version, Paper.details_source).where(
-                Paper.arxiv_id.in_(wanted[start:start + 1000])  # type: ignore[attr-defined]
+            select(col(Paper.arxiv_id), col(Paper.version), col(Paper.details_source)).where(
+                col(Paper.arxiv_id).in_(wanted[start:start + 1000])
             )
         )
         found.update({arxiv_id: (version, source) for arxiv_id, version, source in rows})
@@ -101,13 +101,11 @@ def collect_missed_days(
     records = search.search_submitted(categories, start, end)
     skip = set(exclude)
     ids = [r.arxiv_id for r in records if r.arxiv_id not in skip]
-    already = set()
+    already: set[str] = set()
     for first in range(0, len(ids), 1000):
         already.update(
             session.scalars(
-                select(Announcement.arxiv_id).where(
-                    Announcement.arxiv_id.in_(ids[first:first + 1000])  # type: ignore[attr-defined]
-                )
+                select(col(Announcement.arxiv_id)).where(col(Announcement.arxiv_id).in_(ids[first:first + 1000]))
             )
         )
     by_day = {day: DayHarvest(day=day, source="api-window") for day in days}
@@ -124,7 +122,7 @@ def collect_missed_days(
     return [by_day[day] for day in days]
 
 
-def _insert_for(session: Session):  # type: ignore[no-untyped-def]
+def _insert_for(session: Session) -> Callable[[Table], postgresql.Insert | sqlite.Insert]:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
@@ -160,7 +158,7 @@ def upsert_papers(session: Session, records: Iterable[PaperRecord]) -> None:
             best[record.arxiv_id] = record
     if not best:
         return
-    table = Paper.__table__
+    table = table_of(Paper)
     statement = _insert_for(session)(table)
     new = statement.excluded
     wins = or_(
@@ -193,7 +191,7 @@ def store_day(session: Session, harvest: DayHarvest) -> None:
             {"day": harvest.day, "arxiv_id": arxiv_id, "announce_type": str(kind)}
             for arxiv_id, kind in harvest.announcements.items()
         ]
-        statement = _insert_for(session)(Announcement.__table__).on_conflict_do_nothing()
+        statement = _insert_for(session)(table_of(Announcement)).on_conflict_do_nothing()
         session.execute(statement, rows)
     details = {key: value for key, value in harvest.stats().items() if key != "announced"}
     mark_harvested(session, harvest.day, len(harvest.announcements), details)
@@ -201,13 +199,16 @@ def store_day(session: Session, harvest: DayHarvest) -> None:
 
 def is_harvested(session: Session, day: dt.date) -> bool:
     """Whether the day's papers are stored already."""
-    return bool(session.scalar(select(Run.harvested_at).where(Run.day == day)))
+    return bool(session.scalar(select(col(Run.harvested_at)).where(col(Run.day) == day)))
 
 
 def last_harvested_before(session: Session, day: dt.date) -> dt.date | None:
     """The latest harvested day before `day`."""
     return session.scalar(
-        select(Run.day).where(Run.harvested_at.is_not(None), Run.day < day).order_by(Run.day.desc()).limit(1)  # type: ignore[union-attr]
+        select(col(Run.day))
+        .where(col(Run.harvested_at).is_not(None), col(Run.day) < day)
+        .order_by(col(Run.day).desc())
+        .limit(1)
     )
 
 

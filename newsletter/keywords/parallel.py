@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Hashable
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from newsletter.keywords.engine import KeywordIndex, PaperText
@@ -27,7 +26,8 @@ class _ForkedScan:
         self.done = False
 
     @classmethod
-    def start(cls, index: KeywordIndex[Hashable], papers: list[PaperText]) -> _ForkedScan | None:
+    # Any key type: the child only finds each paper's present terms, which do not depend on the keys.
+    def start(cls, index: KeywordIndex[Any], papers: list[PaperText]) -> _ForkedScan | None:
         read_end, write_end = os.pipe()
         try:
             pid = os.fork()

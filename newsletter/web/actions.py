@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.digests import compose_digest
@@ -35,8 +35,10 @@ def archived_digest(session: Session, settings: Settings, signer: LinkSigner, da
     except ValueError as exc:
         raise NoDigest(day) from exc
     delivered = session.scalar(
-        select(Delivery.id).where(
-            Delivery.subscriber_id == subscriber.id, Delivery.day == when, Delivery.status == DeliveryStatus.SENT
+        select(col(Delivery.id)).where(
+            col(Delivery.subscriber_id) == subscriber.id,
+            col(Delivery.day) == when,
+            col(Delivery.status) == DeliveryStatus.SENT,
         )
     )
     if delivered is None:

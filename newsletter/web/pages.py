@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Sequence
+from typing import TypedDict
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -60,7 +61,15 @@ def field_errors(t: Translator, problems: Sequence[Problem]) -> dict[str, list[s
     return by_field
 
 
-def keyword_preview(request: Request, session: Session, lines: list[str]) -> dict[str, object]:
+class KeywordPreview(TypedDict, total=False):
+    """The page context "Check keywords" adds: what is wrong, or each keyword's recent matches."""
+
+    errors: dict[str, list[str]]
+    preview: list[tuple[str, int]]
+    preview_days: int
+
+
+def keyword_preview(request: Request, session: Session, lines: list[str]) -> KeywordPreview:
     """The page context for "Check keywords": each keyword's recent matches, or what is wrong."""
     problems = keyword_problems(lines)
     if problems:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import desc, func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.keywords import (
     And,
@@ -89,15 +89,19 @@ class RecentPapers:
 
     def _load(self, session: Session) -> _Corpus:
         recent = list(
-            session.scalars(select(Announcement.day).distinct().order_by(desc(Announcement.day)).limit(self.days))
+            session.scalars(
+                select(col(Announcement.day)).distinct().order_by(desc(col(Announcement.day))).limit(self.days)
+            )
         )
-        count = session.scalar(select(func.count()).select_from(Announcement).where(Announcement.day.in_(recent)))
+        count = session.scalar(
+            select(func.count()).select_from(Announcement).where(col(Announcement.day).in_(recent))
+        )
         key = (tuple(recent), count)
         with self._lock:
             if key == self._corpus.key:
                 return self._corpus
-        ids = select(Announcement.arxiv_id).where(Announcement.day.in_(recent))
-        papers = [paper_text(paper) for paper in session.scalars(select(Paper).where(Paper.arxiv_id.in_(ids)))]
+        ids = select(col(Announcement.arxiv_id)).where(col(Announcement.day).in_(recent))
+        papers = [paper_text(paper) for paper in session.scalars(select(Paper).where(col(Paper.arxiv_id).in_(ids)))]
         corpus = _Corpus(key, len(recent), papers, [_squash(paper) for paper in papers],
                          [tuple(c.lower() for c in paper.categories) for paper in papers])
         with self._lock:

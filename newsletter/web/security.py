@@ -62,7 +62,10 @@ class RateLimiter:
 
     def __init__(self, storage_uri: str, prefix: str) -> None:
         options = {"key_prefix": prefix} if storage_uri.startswith(("redis", "rediss")) else {}
-        self.storage: Storage = storage_from_string(storage_uri, **options)
+        storage = storage_from_string(storage_uri, **options)
+        # An async+... URI would give asyncio storage, which this synchronous limiter cannot drive.
+        assert isinstance(storage, Storage), f"{storage_uri}: not a synchronous limits storage"
+        self.storage: Storage = storage
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._prefix = prefix
 
