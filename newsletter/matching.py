@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text
 from sqlmodel import Session, col
@@ -79,55 +81,9 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         .join(Announcement, col(Announcement.arxiv_id) == col(Paper.arxiv_id))
         .where(col(Announcement.day) == day)
     ).all()
-    day_ids = select(col(Announcement.arxiv_id)).where(col(Announcement.day) == day)
-    already_sent = set(
-        session.execute(
-            select(col(SentPaper.subscriber_id), col(SentPaper.arxiv_id)).where(
-                col(SentPaper.day) != day, col(SentPaper.arxiv_id).in_(day_ids)
-            )
-        )
-    )
-    # A digest already claimed for this day keeps the selection it was built from.
-    claimed = set(session.scalars(select(col(Delivery.subscriber_id)).where(col(Delivery.day) == day)))
-    chosen: dict[tuple[int, str], dict] = {}
-    for subscriber, sections in index.select(map(paper_text, papers), processes).items():
-        if subscriber in claimed:
-            continue
-        # A paper goes under the first keyword that found it, with every keyword's words.
-        for position, hits in enumerate(sections):
-            for arxiv_id, terms in hits.items():
-                key = (subscriber, arxiv_id)
-                if key in already_sent:
-                    continue
-                existing = chosen.get(key)
-                if existing is None:
-                    chosen[key] = {
-                        "day": day,
-                        "subscriber_id": subscriber,
-                        "arxiv_id": arxiv_id,
-                        "keyword_position": position,
-                        "terms": sorted(terms),
-                    }
-                else:
-                    existing["terms"] = sorted(set(existing["terms"]) | terms)
-    session.execute(
-        delete(Selection).where(
-            col(Selection.day) == day,
-            col(Selection.subscriber_id).not_in(
-                select(col(Delivery.subscriber_id)).where(
-                    col(Delivery.day) == day, col(Delivery.subscriber_id).is_not(None)
-                )
-            ),
-        )
-    )
-    # One executemany instead of an ORM object per row: a large list has 100,000s of selections.
-    for start in range(0, len(chosen), 5000):
-        session.execute(insert(Selection), list(chosen.values())[start:start + 5000])
-    session.flush()
-    if session.get_bind().dialect.name == "postgresql":
-        # The next stages join these rows at once; with the statistics of the table before the
-        # insert, PostgreSQL planned a nested loop that took 30 s instead of 0.3 s on a large day.
-        session.execute(text("ANALYZE selection, subscriber"))
+    selected = index.select(map(paper_text, papers), processes)
+    chosen = _new_selections(selected, day, _sent_before(session, day), _claimed(session, day))
+    _replace_selections(session, day, list(chosen.values()))
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(
         select(func.count(), func.count(func.distinct(col(Selection.subscriber_id)))).where(col(Selection.day) == day)
@@ -141,3 +97,66 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         unreadable_papers=len(index.unreadable),
         invalid_keywords=len(index.invalid),
     )
+
+
+def _sent_before(session: Session, day: dt.date) -> set[tuple[int, str]]:
+    """(subscriber, paper) pairs of the day's papers already mailed on another day."""
+    day_ids = select(col(Announcement.arxiv_id)).where(col(Announcement.day) == day)
+    rows = session.execute(
+        select(col(SentPaper.subscriber_id), col(SentPaper.arxiv_id)).where(
+            col(SentPaper.day) != day, col(SentPaper.arxiv_id).in_(day_ids)
+        )
+    )
+    return {(subscriber, arxiv_id) for subscriber, arxiv_id in rows}
+
+
+def _claimed(session: Session, day: dt.date) -> set[int]:
+    """Subscribers whose digest for the day is claimed: it keeps the selection it was built from."""
+    return {s for s in session.scalars(select(col(Delivery.subscriber_id)).where(col(Delivery.day) == day)) if s}
+
+
+def _new_selections(
+    selected: Mapping[int, Sequence[Mapping[str, frozenset[str]]]],
+    day: dt.date,
+    already_sent: set[tuple[int, str]],
+    claimed: set[int],
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """The selection rows to write: a paper goes under the first keyword that found it, with every keyword's words."""
+    chosen: dict[tuple[int, str], dict[str, Any]] = {}
+    for subscriber, sections in selected.items():
+        if subscriber in claimed:
+            continue
+        for position, hits in enumerate(sections):
+            for arxiv_id, terms in hits.items():
+                key = (subscriber, arxiv_id)
+                if key in already_sent:
+                    continue
+                existing = chosen.get(key)
+                if existing is None:
+                    chosen[key] = {"day": day, "subscriber_id": subscriber, "arxiv_id": arxiv_id,
+                                   "keyword_position": position, "terms": sorted(terms)}  # fmt: skip
+                else:
+                    existing["terms"] = sorted(set(existing["terms"]) | terms)
+    return chosen
+
+
+def _replace_selections(session: Session, day: dt.date, rows: list[dict[str, Any]]) -> None:
+    """Delete the day's unclaimed selections and insert `rows`."""
+    session.execute(
+        delete(Selection).where(
+            col(Selection.day) == day,
+            col(Selection.subscriber_id).not_in(
+                select(col(Delivery.subscriber_id)).where(
+                    col(Delivery.day) == day, col(Delivery.subscriber_id).is_not(None)
+                )
+            ),
+        )
+    )
+    # One executemany instead of an ORM object per row: a large list has 100,000s of selections.
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(Selection), rows[start : start + 5000])
+    session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # The next stages join these rows at once; with the statistics of the table before the
+        # insert, PostgreSQL planned a nested loop that took 30 s instead of 0.3 s on a large day.
+        session.execute(text("ANALYZE selection, subscriber"))
