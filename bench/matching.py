@@ -2,7 +2,7 @@
 
     python bench/matching.py [--subscribers 10000] [--papers 2000] [--naive-sample 60]
 
-Papers are the real arXiv entries in shared/reference/arxiv, re-keyed and with their
+Papers are the real arXiv entries in tests/fixtures/reference/arxiv, re-keyed and with their
 abstract sentences shuffled to reach --papers. Profiles draw 1-3 word phrases that occur in
 those abstracts, with Zipf popularity, plus about 10% boolean keywords (AND / OR / ANDNOT,
 ti: abs: au: cat:, prefix *). Since the papers are copies of ~145 real ones, every keyword
@@ -46,9 +46,7 @@ from newsletter.keywords import (  # noqa: E402
     parse_keyword,
 )
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "arxiv"
-if not REFERENCE.exists():  # a work tree that is not beside shared/
-    REFERENCE = Path("/work/shared/reference/arxiv")
+REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "arxiv"
 ATOM = {"a": "http://www.w3.org/2005/Atom"}
 STOPWORDS = set(
     """a an the of in on for to and or with by from as at is are be this that these those we

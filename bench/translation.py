@@ -2,7 +2,7 @@
 
     python bench/translation.py [--papers 2000] [--subscribers 10000]
 
-A day of --papers papers (the real arXiv entries in shared/reference/arxiv, with their LaTeX,
+A day of --papers papers (the real arXiv entries in tests/fixtures/reference/arxiv, with their LaTeX,
 re-keyed and sentence-shuffled to reach the count) and --subscribers subscribers (85% Simplified
 Chinese, 10% English, 3% German, 2% Japanese), each selecting 3-40 papers with Zipf popularity.
 The production stage (translate_selected, the real `deepl` client) runs against the local DeepL
@@ -51,9 +51,7 @@ from newsletter.translate import (  # noqa: E402
 )
 from tests.servers.deepl import DeepLServer  # noqa: E402
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "arxiv"
-if not REFERENCE.exists():
-    REFERENCE = Path("/work/shared/reference/arxiv")
+REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "arxiv"
 ATOM = {"a": "http://www.w3.org/2005/Atom"}
 DAY = dt.date(2026, 11, 24)
 LANGUAGES = [("ZH-HANS", 0.85), ("EN-US", 0.10), ("DE", 0.03), ("JA", 0.02)]

@@ -2,7 +2,7 @@
 
     python bench/web_preview.py [--papers 10000]
 
-Papers are the real arXiv entries in shared/reference/arxiv/api, re-keyed and with their
+Papers are the real arXiv entries in tests/fixtures/reference/arxiv/api, re-keyed and with their
 abstract sentences shuffled to reach --papers (about seven announcement days of the default
 categories). For each keyword the preview answers as someone types, the figure is the time
 to count its matches with no count cached: the web app's way (squashed text prepared once per
@@ -27,9 +27,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 from newsletter.keywords import KeywordIndex, PaperText  # noqa: E402
 from newsletter.web import preview  # noqa: E402
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "arxiv" / "api"
-if not REFERENCE.exists():
-    REFERENCE = Path("/work/shared/reference/arxiv/api")
+REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "arxiv" / "api"
 KEYWORDS = [
     "reinforcement learning", "diffusion policy", "swarm robotics", "large language models", "graph neural network",
     "cat:cs.RO", "ti:transformer* AND cat:cs.LG", '"neural network" ANDNOT survey', "au:Sergey Levine", "learning",
