@@ -10,10 +10,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Any, cast
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import CursorResult, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from newsletter.config import Settings
@@ -57,23 +58,27 @@ class DeliveryResult:
     aborted: str | None = None
 
 
-def recipients_query(day: dt.date) -> Select[tuple[int]]:
+def recipients_query(day: dt.date) -> Select[int]:
     """The ids of active subscribers with at least one paper selected for `day`, as a query to run or nest."""
-    return (
-        select(Subscriber.id)
-        .join(Selection, Selection.subscriber_id == Subscriber.id)
-        .where(Selection.day == day, Subscriber.status == SubscriberStatus.ACTIVE)
-        .distinct()
+    # SQLModel types the id `int | None` (unset before the insert); a stored row's primary key is never NULL.
+    return cast(
+        "Select[int]",
+        select(col(Subscriber.id))
+        .join(Selection, col(Selection.subscriber_id) == col(Subscriber.id))
+        .where(col(Selection.day) == day, col(Subscriber.status) == SubscriberStatus.ACTIVE)
+        .distinct(),
     )
 
 
 def recipients_for_day(session: Session, day: dt.date) -> list[int]:
     """Active subscribers with at least one paper selected for `day`, in id order."""
-    return list(session.scalars(recipients_query(day).order_by(Subscriber.id)))
+    return list(session.scalars(recipients_query(day).order_by(col(Subscriber.id))))
 
 
 def _delivery_row_exists(session: Session, subscriber_id: int, day: dt.date) -> bool:
-    found = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == subscriber_id, Delivery.day == day))
+    found = session.scalar(
+        select(col(Delivery.id)).where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.day) == day)
+    )
     return found is not None
 
 
@@ -95,25 +100,29 @@ def claim_delivery(
             raise  # no row holds the claim: the database refused the insert itself (a trigger, a full disk)
     now = utcnow()
     # One UPDATE decides: under concurrency the database re-checks the condition on the row it locks.
-    taken = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.day == day,
-            or_(
-                (Delivery.status == DeliveryStatus.CLAIMED) & (Delivery.claimed_at <= now - lease),
-                (Delivery.status == DeliveryStatus.FAILED) & Delivery.retryable,
-            ),
-        )
-        .values(status=DeliveryStatus.CLAIMED, claimed_at=now)
-        .execution_options(synchronize_session=False)
+    # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
+    taken = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(Delivery)
+            .where(
+                col(Delivery.subscriber_id) == subscriber_id,
+                col(Delivery.day) == day,
+                or_(
+                    (col(Delivery.status) == DeliveryStatus.CLAIMED) & (col(Delivery.claimed_at) <= now - lease),
+                    (col(Delivery.status) == DeliveryStatus.FAILED) & col(Delivery.retryable),
+                ),
+            )
+            .values(status=DeliveryStatus.CLAIMED, claimed_at=now)
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.commit()
     if taken.rowcount != 1:
         return None
     return session.scalars(
         select(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.day == day)
+        .where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.day) == day)
         .execution_options(populate_existing=True)
     ).one()
 
@@ -227,11 +236,12 @@ def _record_sent(
     delivery.error = None
     delivery.retryable = False
     subscriber.consecutive_hard_failures = 0
+    assert subscriber.id is not None  # loaded from its row
     # One query for what is recorded already, one batched insert for the rest.
     recorded = set(
         session.scalars(
-            select(SentPaper.arxiv_id).where(
-                SentPaper.subscriber_id == subscriber.id, SentPaper.arxiv_id.in_(digest.arxiv_ids)
+            select(col(SentPaper.arxiv_id)).where(
+                col(SentPaper.subscriber_id) == subscriber.id, col(SentPaper.arxiv_id).in_(digest.arxiv_ids)
             )
         )
     )
@@ -261,17 +271,21 @@ def _record_failure(
         # Counted in SQL so two days delivered at once both count.
         session.execute(
             update(Subscriber)
-            .where(Subscriber.id == subscriber.id)
-            .values(consecutive_hard_failures=Subscriber.consecutive_hard_failures + 1)
+            .where(col(Subscriber.id) == subscriber.id)
+            .values(consecutive_hard_failures=col(Subscriber.consecutive_hard_failures) + 1)
         )
-        bounced = session.execute(
-            update(Subscriber)
-            .where(
-                Subscriber.id == subscriber.id,
-                Subscriber.status == SubscriberStatus.ACTIVE,
-                Subscriber.consecutive_hard_failures >= HARD_FAILURES_BEFORE_BOUNCE,
-            )
-            .values(status=SubscriberStatus.BOUNCED)
+        # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
+        bounced = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(Subscriber)
+                .where(
+                    col(Subscriber.id) == subscriber.id,
+                    col(Subscriber.status) == SubscriberStatus.ACTIVE,
+                    col(Subscriber.consecutive_hard_failures) >= HARD_FAILURES_BEFORE_BOUNCE,
+                )
+                .values(status=SubscriberStatus.BOUNCED)
+            ),
         )
         if bounced.rowcount == 1:
             result.bounced.append(subscriber.email)
@@ -282,18 +296,18 @@ def _record_failure(
 def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, str | None]]:
     """Bounced addresses (up to `limit`) with the server's last refusal."""
     rows = session.execute(
-        select(Subscriber.id, Subscriber.email)
-        .where(Subscriber.status == SubscriberStatus.BOUNCED)
-        .order_by(Subscriber.email)
+        select(col(Subscriber.id), col(Subscriber.email))
+        .where(col(Subscriber.status) == SubscriberStatus.BOUNCED)
+        .order_by(col(Subscriber.email))
         .limit(limit)
     ).all()
     return [
         (
             address,
             session.scalar(
-                select(Delivery.error)
-                .where(Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.FAILED)
-                .order_by(Delivery.day.desc())
+                select(col(Delivery.error))
+                .where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.status) == DeliveryStatus.FAILED)
+                .order_by(col(Delivery.day).desc())
                 .limit(1)
             ),
         )

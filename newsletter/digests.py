@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation
@@ -31,20 +31,20 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
     """The subscriber's digest for `day` from the stored selections and translations."""
     assert subscriber.id is not None
     keywords = session.scalars(
-        select(SubscriberKeyword.expression)
-        .where(SubscriberKeyword.subscriber_id == subscriber.id)
-        .order_by(SubscriberKeyword.position)
+        select(col(SubscriberKeyword.expression))
+        .where(col(SubscriberKeyword.subscriber_id) == subscriber.id)
+        .order_by(col(SubscriberKeyword.position))
     ).all()
     sections = [KeywordSection(keyword=k) for k in keywords]
     rows = session.execute(
         select(Selection, Paper, Translation)
-        .join(Paper, Paper.arxiv_id == Selection.arxiv_id)
+        .join(Paper, col(Paper.arxiv_id) == col(Selection.arxiv_id))
         .outerjoin(
             Translation,
-            (Translation.arxiv_id == Selection.arxiv_id) & (Translation.language == subscriber.language),
+            (col(Translation.arxiv_id) == col(Selection.arxiv_id)) & (col(Translation.language) == subscriber.language),
         )
-        .where(Selection.day == day, Selection.subscriber_id == subscriber.id)
-        .order_by(Selection.keyword_position, Paper.arxiv_id)
+        .where(col(Selection.day) == day, col(Selection.subscriber_id) == subscriber.id)
+        .order_by(col(Selection.keyword_position), col(Paper.arxiv_id))
     )
     translation_wanted = not subscriber.language.upper().startswith("EN")
     for selection, paper, translation in rows:
@@ -65,7 +65,7 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
 
 def latest_selection_day(session: Session, subscriber_id: int) -> dt.date | None:
     """The newest day with papers selected for the subscriber."""
-    return session.scalar(select(func.max(Selection.day)).where(Selection.subscriber_id == subscriber_id))
+    return session.scalar(select(func.max(col(Selection.day))).where(col(Selection.subscriber_id) == subscriber_id))
 
 
 def render_preview(session: Session, settings: Settings, email: str, day: dt.date | None) -> str:

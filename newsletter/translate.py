@@ -11,13 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import deepl
 import requests
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Row, func, label, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.latex import (
@@ -172,7 +172,9 @@ class DeepLTranslator:
             billed_characters=sum(result.billed_characters or 0 for result in results),
         )
 
-    def _send(self, xml: list[str], target_language: str, glossary_id: str | None, context: str | None):  # type: ignore[no-untyped-def]
+    def _send(
+        self, xml: list[str], target_language: str, glossary_id: str | None, context: str | None
+    ) -> deepl.TextResult | list[deepl.TextResult]:
         return self.client.translate_text(
             xml,
             source_lang="EN",
@@ -259,14 +261,21 @@ def _record_glossary(session: Session, row: DeepLGlossary, replaces: str | None)
             session.commit()
             return False
     else:
-        result = session.execute(
-            update(DeepLGlossary)
-            .where(DeepLGlossary.target_language == row.target_language, DeepLGlossary.glossary_id == replaces)
-            .values(glossary_id=row.glossary_id, entries_sha256=row.entries_sha256, entry_count=row.entry_count,
-                    created_at=row.created_at)
-            .execution_options(synchronize_session=False)
+        # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
+        result = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(DeepLGlossary)
+                .where(
+                    col(DeepLGlossary.target_language) == row.target_language,
+                    col(DeepLGlossary.glossary_id) == replaces,
+                )
+                .values(glossary_id=row.glossary_id, entries_sha256=row.entries_sha256, entry_count=row.entry_count,
+                        created_at=row.created_at)
+                .execution_options(synchronize_session=False)
+            ),
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             session.commit()
             return False
     session.commit()
@@ -394,22 +403,26 @@ def reserve_characters(session: Session, day: dt.date, characters: int, budget: 
     """Count `characters` against the day's budget before sending; False (nothing reserved) if they don't fit."""
     _usage_row(session, day)
     # One conditional UPDATE: atomic on SQLite and PostgreSQL, so two runs cannot both take the last characters.
-    result = session.execute(
-        update(DeepLUsage)
-        .where(DeepLUsage.day == day, DeepLUsage.committed + characters <= budget)
-        .values(committed=DeepLUsage.committed + characters)
-        .execution_options(synchronize_session=False)
+    # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
+    result = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(DeepLUsage)
+            .where(col(DeepLUsage.day) == day, col(DeepLUsage.committed) + characters <= budget)
+            .values(committed=col(DeepLUsage.committed) + characters)
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return result.rowcount == 1
 
 
 def settle_characters(session: Session, day: dt.date, reserved: int, billed: int) -> None:
     """Replace a reservation by what DeepL billed (0 when the request failed)."""
     session.execute(
         update(DeepLUsage)
-        .where(DeepLUsage.day == day)
-        .values(committed=DeepLUsage.committed - reserved + billed, billed=DeepLUsage.billed + billed)
+        .where(col(DeepLUsage.day) == day)
+        .values(committed=col(DeepLUsage.committed) - reserved + billed, billed=col(DeepLUsage.billed) + billed)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -417,20 +430,22 @@ def settle_characters(session: Session, day: dt.date, reserved: int, billed: int
 
 def characters_left(session: Session, day: dt.date, budget: int) -> int:
     """What the day's budget still allows."""
-    committed = session.scalar(select(DeepLUsage.committed).where(DeepLUsage.day == day)) or 0
+    committed = session.scalar(select(col(DeepLUsage.committed)).where(col(DeepLUsage.day) == day)) or 0
     return max(budget - committed, 0)
 
 
 def billed_on(session: Session, day: dt.date) -> int:
     """Characters DeepL billed on the UTC calendar day `day`."""
-    return int(session.scalar(select(DeepLUsage.billed).where(DeepLUsage.day == day)) or 0)
+    return int(session.scalar(select(col(DeepLUsage.billed)).where(col(DeepLUsage.day) == day)) or 0)
 
 
 def billed_in_month(session: Session, day: dt.date) -> int:
     """Characters DeepL billed in the calendar month of `day`."""
     first = day.replace(day=1)
     total = session.scalar(
-        select(func.coalesce(func.sum(DeepLUsage.billed), 0)).where(DeepLUsage.day >= first, DeepLUsage.day <= day)
+        select(func.coalesce(func.sum(col(DeepLUsage.billed)), 0)).where(
+            col(DeepLUsage.day) >= first, col(DeepLUsage.day) <= day
+        )
     )
     return int(total or 0)
 
@@ -479,38 +494,46 @@ def papers_to_translate(
     # PostgreSQL sort a row per selection, hundreds of MB on a large day.
     query = (
         select(
-            Subscriber.language.label("language"),
-            Selection.arxiv_id.label("arxiv_id"),
-            func.max(Selection.day).label("latest"),
-            func.count(func.distinct(Selection.subscriber_id)).label("readers"),
+            # label(), not .label(): SQLAlchemy types a mapped column's .label() as Label[Never].
+            label("language", col(Subscriber.language)),
+            label("arxiv_id", col(Selection.arxiv_id)),
+            func.max(col(Selection.day)).label("latest"),
+            func.count(func.distinct(col(Selection.subscriber_id))).label("readers"),
         )
-        .join(Selection, Selection.subscriber_id == Subscriber.id)
+        .join(Selection, col(Selection.subscriber_id) == col(Subscriber.id))
         .outerjoin(
             Translation,
-            (Translation.arxiv_id == Selection.arxiv_id) & (Translation.language == Subscriber.language),
+            (col(Translation.arxiv_id) == col(Selection.arxiv_id))
+            & (col(Translation.language) == col(Subscriber.language)),
         )
         .where(
-            Subscriber.status == SubscriberStatus.ACTIVE,  # only papers someone is mailed
-            Selection.day <= day,
-            Selection.day >= day - dt.timedelta(days=backlog_days),
-            Translation.arxiv_id.is_(None),
+            col(Subscriber.status) == SubscriberStatus.ACTIVE,  # only papers someone is mailed
+            col(Selection.day) <= day,
+            col(Selection.day) >= day - dt.timedelta(days=backlog_days),
+            col(Translation.arxiv_id).is_(None),
         )
-        .group_by(Subscriber.language, Selection.arxiv_id)
+        .group_by(col(Subscriber.language), col(Selection.arxiv_id))
     )
     if skip_rejected:  # a translation DeepL got wrong once is not bought again
-        rejected = (TranslationRejection.arxiv_id == Selection.arxiv_id) & (
-            TranslationRejection.language == Subscriber.language
+        rejected = (col(TranslationRejection.arxiv_id) == col(Selection.arxiv_id)) & (
+            col(TranslationRejection.language) == col(Subscriber.language)
         )
-        query = query.outerjoin(TranslationRejection, rejected).where(TranslationRejection.arxiv_id.is_(None))
+        query = query.outerjoin(TranslationRejection, rejected).where(col(TranslationRejection.arxiv_id).is_(None))
     wanted = query.subquery()
     rows = session.execute(
-        select(wanted.c.language, Paper.arxiv_id, Paper.title, Paper.abstract, wanted.c.latest, wanted.c.readers)
-        .join(Paper, Paper.arxiv_id == wanted.c.arxiv_id)
+        select(
+            wanted.c.language,
+            col(Paper.arxiv_id),
+            col(Paper.title),
+            col(Paper.abstract),
+            wanted.c.latest,
+            wanted.c.readers,
+        ).join(Paper, col(Paper.arxiv_id) == wanted.c.arxiv_id)
     ).all()
     return _by_language(rows, day)
 
 
-def _by_language(rows: Sequence, day: dt.date) -> dict[str, list[SourceText]]:  # type: ignore[type-arg]
+def _by_language(rows: Sequence[Row[*tuple[Any, ...]]], day: dt.date) -> dict[str, list[SourceText]]:
     language_readers: dict[str, int] = {}
     for row in rows:
         language_readers[row.language] = language_readers.get(row.language, 0) + row.readers
@@ -746,14 +769,15 @@ def _translate_paper(sender: _Sender, paper: SourceText) -> None:
     ]
     texts, reasons = _assemble(paper, translated, sender.language)
     if reasons:
-        texts, fallback = _after_rejection(sender, paper, texts, reasons)
+        kept, fallback = _after_rejection(sender, paper, texts, reasons)
         billed = sender.result.billed_characters - billed_before
         _record_rejection(sender.session, paper, sender.language, "; ".join(reasons.values()), fallback, billed)
         sender.result.rejections.append(f"{paper.arxiv_id} {sender.language}: {'; '.join(reasons.values())}; "
                                         f"{fallback}")
-        if texts is None:
+        if kept is None:
             sender.result.rejected += 1
             return
+        texts = kept
     billed = sender.result.billed_characters - billed_before
     source = "deepl-partial" if reasons else "deepl"
     _store_translation(sender.session, paper, sender.language, texts, billed, source, sender.result)
@@ -862,7 +886,7 @@ def store_cached_translations(session: Session, language: str, entries: dict[str
     """Load prepared translations (the bundled sample's cache) for stored papers; returns how many."""
     stored = 0
     for arxiv_id, entry in entries.items():
-        if session.get(Paper, arxiv_id) is None or session.get(Translation, (arxiv_id, language)):
+        if session.get(Paper, arxiv_id) is None or session.get(Translation, (arxiv_id, language)) is not None:
             continue
         session.add(
             Translation(
@@ -900,17 +924,17 @@ def translation_outcome_lines(session: Session, days: int = 3, rejections_shown:
     """Per recent run, the translate stage's outcome and the papers shown in English; then recorded rejections."""
     lines = []
     recorded = session.execute(
-        select(Run.day, RunStage.details)
-        .join(RunStage, RunStage.run_id == Run.id)
-        .where(RunStage.stage == Stage.TRANSLATE)
-        .order_by(Run.day.desc())
+        select(col(Run.day), col(RunStage.details))
+        .join(RunStage, col(RunStage.run_id) == col(Run.id))
+        .where(col(RunStage.stage) == Stage.TRANSLATE)
+        .order_by(col(Run.day).desc())
         .limit(days)
     )
     for day, details in recorded:
         if isinstance(details, Mapping):
             lines.append(f"translation {day}: {describe_translation(details)}")
     rejected = session.scalars(
-        select(TranslationRejection).order_by(TranslationRejection.rejected_at.desc()).limit(rejections_shown)
+        select(TranslationRejection).order_by(col(TranslationRejection.rejected_at).desc()).limit(rejections_shown)
     ).all()
     if rejected:
         total = session.scalar(select(func.count()).select_from(TranslationRejection))
