@@ -37,7 +37,7 @@ class DkimSigner:
 
     def sign(self, raw: bytes) -> bytes:
         """The message with its DKIM-Signature header prepended."""
-        signature = dkim.sign(
+        signature: bytes = dkim.sign(
             raw, self.selector, self.domain, self._key, include_headers=DKIM_SIGNED_HEADERS,
             canonicalize=(b"relaxed", b"relaxed"),
             linesep=b"\r\n",

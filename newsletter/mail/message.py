@@ -85,7 +85,8 @@ class LiteralHeaderPolicy(EmailPolicy):
     def fold(self, name: str, value: Any) -> str:
         if name.lower() in LITERAL_HEADERS:
             return fold_literal(name, str(value), self.linesep, self.max_line_length or MAX_LINE_OCTETS)
-        return super().fold(name, value)
+        folded: str = super().fold(name, value)  # the stub leaves it untyped
+        return folded
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         if name.lower() in LITERAL_HEADERS:
