@@ -100,9 +100,9 @@ def truncate_all(engine: Engine) -> None:
                 conn.execute(text(f"DELETE FROM {table}"))
 
 
-@pytest.fixture(scope="session")
-def pg_database_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema for this test run (runs side by side stay apart)."""
+@contextmanager
+def pg_schema(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL schema of its own, dropped afterwards (or a skip without a server)."""
     admin = create_engine(PG_URL)
     try:
         with admin.connect() as conn:
@@ -110,18 +110,26 @@ def pg_database_url() -> Iterator[str]:
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
         admin.dispose()
         skip_or_fail(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    upgrade_schema(engine)
-    engine.dispose()
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test run (runs side by side stay apart)."""
+    with pg_schema("t") as url:
+        engine = make_engine(url)
+        upgrade_schema(engine)
+        engine.dispose()
+        yield url
 
 
 @pytest.fixture

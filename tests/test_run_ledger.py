@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -17,7 +16,7 @@ from newsletter import runs
 from newsletter.db import make_engine
 from newsletter.models import Run, RunStatus, Stage
 from newsletter.schema import alembic_config
-from tests.conftest import PG_URL, skip_or_fail
+from tests.conftest import pg_schema
 
 DAY = dt.date(2026, 11, 24)
 MISSED = dt.date(2026, 11, 23)
@@ -75,24 +74,11 @@ def engine_at_0001(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]
         yield engine
         engine.dispose()
         return
-    admin = create_engine(PG_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
-        admin.dispose()
-        skip_or_fail(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    engine = make_engine(f"{PG_URL}{separator}options=-csearch_path%3D{schema}")
-    _migrate(engine, "0001")
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with pg_schema("m") as url:
+        engine = make_engine(url)
+        _migrate(engine, "0001")
+        yield engine
+        engine.dispose()
 
 
 def test_the_migration_carries_old_json_stats_into_typed_columns_and_stage_rows(engine_at_0001: Engine) -> None:
