@@ -20,7 +20,7 @@ from newsletter.config import Settings
 from newsletter.digests import compose_digest
 from newsletter.mail import MailBackend as MailBackend
 from newsletter.mail import make_backend as make_backend
-from newsletter.mail.errors import MailServerUnavailable, PermanentDeliveryError, TemporaryDeliveryError
+from newsletter.mail.errors import DeliveryStopped, PermanentDeliveryError, TemporaryDeliveryError
 from newsletter.mail.message import Sender, UnusableAddress, build_message, digest_message_id
 from newsletter.mail.outbox import OutboxBackend as OutboxBackend
 from newsletter.mail.outbox import outbox_name as outbox_name
@@ -53,7 +53,7 @@ class DeliveryResult:
     skipped: int = 0
     bounced: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    # Why the rest of the list was left for a rerun (the mail server could not be reached).
+    # Why the rest of the list was left for a rerun: the server's reply that blamed no recipient.
     aborted: str | None = None
 
 
@@ -149,7 +149,7 @@ def deliver_day(
             continue
         try:
             _deliver_claimed(session, delivery, context, result)
-        except MailServerUnavailable as exc:
+        except DeliveryStopped as exc:
             # Every later recipient would fail the same way; the unclaimed rest waits for a rerun.
             result.aborted = str(exc)
             log.error("delivery for %s stopped: %s", day, exc)
@@ -179,7 +179,7 @@ def _deliver_claimed(session: Session, delivery: Delivery, context: _DayContext,
         _record_sent(session, delivery, subscriber, digest, message, result)
     else:
         _record_failure(session, delivery, subscriber, outcome, result)
-        if isinstance(outcome, MailServerUnavailable):
+        if isinstance(outcome, DeliveryStopped):
             raise outcome
 
 
@@ -195,7 +195,7 @@ def _compose(session: Session, subscriber: Subscriber, context: _DayContext) -> 
 
 def _send_with_retries(
     backend: MailBackend, message: EmailMessage, delivery: Delivery, settings: Settings
-) -> TemporaryDeliveryError | PermanentDeliveryError | None:
+) -> TemporaryDeliveryError | PermanentDeliveryError | DeliveryStopped | None:
     retrying = Retrying(
         retry=retry_if_exception_type(TemporaryDeliveryError),
         stop=stop_after_attempt(settings.smtp_max_attempts),
@@ -207,7 +207,7 @@ def _send_with_retries(
             with attempt:
                 delivery.attempts += 1
                 backend.send(message)
-    except (TemporaryDeliveryError, PermanentDeliveryError) as exc:
+    except (TemporaryDeliveryError, PermanentDeliveryError, DeliveryStopped) as exc:
         return exc
     return None
 
@@ -248,10 +248,11 @@ def _record_sent(
 def _record_failure(
     session: Session, delivery: Delivery, subscriber: Subscriber, outcome: Exception, result: DeliveryResult
 ) -> None:
-    """The delivery as failed with its reason; a server's refusal counts towards marking the address bounced."""
+    """The delivery as failed with its reason; a refusal of the address counts towards marking it bounced."""
     delivery.status = DeliveryStatus.FAILED
     delivery.error = str(outcome)[:2000]
-    delivery.retryable = isinstance(outcome, TemporaryDeliveryError)
+    # A refusal of our sender or message is nobody's bounce: the digest stays owed for the next run.
+    delivery.retryable = isinstance(outcome, (TemporaryDeliveryError, DeliveryStopped))
     session.add(delivery)
     result.failed += 1
     result.errors[subscriber.email] = delivery.error
