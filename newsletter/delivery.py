@@ -300,3 +300,56 @@ def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, st
         )
         for subscriber_id, address in rows
     ]
+
+
+@dataclass(frozen=True)
+class OwedDigests:
+    """The day's digests not delivered yet: never tried, failed but retryable, claimed and unfinished."""
+
+    never_tried: int = 0
+    retryable: int = 0
+    # (address, when its claim lease ends): a sender claimed it and has not recorded the outcome.
+    claimed: list[tuple[str, dt.datetime]] = field(default_factory=list)
+    last_reply: str | None = None
+
+    @property
+    def total(self) -> int:
+        """How many digests the day still owes."""
+        return self.never_tried + self.retryable + len(self.claimed)
+
+    def describe(self) -> str | None:
+        """One line saying how many digests are owed and why; None when none is."""
+        if not self.total:
+            return None
+        line = f"{self.total} digests owed"
+        if self.last_reply:
+            line += f" ({self.never_tried + self.retryable} not sent: {self.last_reply})"
+        if self.claimed:
+            waiting = ", ".join(f"{address} until {ends:%Y-%m-%d %H:%M} UTC" for address, ends in self.claimed)
+            line += f"; waiting for their claim lease: {waiting}"
+        return line
+
+
+def owed_digests(session: Session, day: dt.date, lease: dt.timedelta = CLAIM_LEASE) -> OwedDigests:
+    """What the day still owes its recipients, and the server's last reply for a retryable failure."""
+    recipients = set(recipients_for_day(session, day))
+    rows = session.execute(
+        select(Delivery.subscriber_id, Delivery.status, Delivery.retryable, Delivery.error, Delivery.claimed_at)
+        .where(Delivery.day == day, Delivery.status != DeliveryStatus.SENT)
+        .order_by(Delivery.claimed_at)
+    ).all()
+    tried = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
+    retryable = [row for row in rows if row.status == DeliveryStatus.FAILED and row.retryable]
+    claimed_ids = {row.subscriber_id: row.claimed_at for row in rows if row.status == DeliveryStatus.CLAIMED}
+    addresses = dict(
+        session.execute(select(Subscriber.id, Subscriber.email).where(Subscriber.id.in_(list(claimed_ids)))).all()
+    )
+    return OwedDigests(
+        never_tried=len(recipients - tried),
+        retryable=sum(1 for row in retryable if row.subscriber_id in recipients),
+        claimed=[
+            (addresses.get(subscriber_id, "a deleted subscriber"), claimed_at + lease)
+            for subscriber_id, claimed_at in claimed_ids.items()
+        ],
+        last_reply=retryable[-1].error if retryable else None,
+    )
