@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import Settings, get_settings
 from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
+from newsletter.models import RunStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -160,11 +161,17 @@ def run_daily(
         settings = _settings()
         with session_scope(_engine()) as session:
             summary = run(session, settings, production_transports(settings), day)
-    typer.echo(f"{summary.day}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""))
+    for day_summary in [*summary.earlier, summary]:
+        reason = f" ({day_summary.reason})" if day_summary.reason else ""
+        typer.echo(f"{day_summary.day}: {day_summary.status}{reason}")
     if summary.seconds:
         typer.echo("seconds: " + ", ".join(f"{stage} {value}" for stage, value in summary.seconds.items()))
-    if summary.status == "failed":
-        raise CommandError(summary.reason or "the run failed")
+    unfinished = [s for s in [*summary.earlier, summary] if s.status in (RunStatus.FAILED, RunStatus.INCOMPLETE)]
+    if unfinished:
+        # A day is done when its digests are: owed digests make the command fail, with the server's reply.
+        if unfinished == [summary]:
+            raise CommandError(summary.reason or f"the run is {summary.status}")
+        raise CommandError("; ".join(f"{s.day}: {s.reason or s.status}" for s in unfinished))
 
 
 @app.command()

@@ -21,7 +21,7 @@ from newsletter.config import Settings
 from newsletter.digests import compose_digest
 from newsletter.mail import MailBackend as MailBackend
 from newsletter.mail import make_backend as make_backend
-from newsletter.mail.errors import MailServerUnavailable, PermanentDeliveryError, TemporaryDeliveryError
+from newsletter.mail.errors import DeliveryStopped, PermanentDeliveryError, TemporaryDeliveryError
 from newsletter.mail.message import Sender, UnusableAddress, build_message, digest_message_id
 from newsletter.mail.outbox import OutboxBackend as OutboxBackend
 from newsletter.mail.outbox import outbox_name as outbox_name
@@ -54,7 +54,7 @@ class DeliveryResult:
     skipped: int = 0
     bounced: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    # Why the rest of the list was left for a rerun (the mail server could not be reached).
+    # Why the rest of the list was left for a rerun: the server's reply that blamed no recipient.
     aborted: str | None = None
 
 
@@ -158,7 +158,7 @@ def deliver_day(
             continue
         try:
             _deliver_claimed(session, delivery, context, result)
-        except MailServerUnavailable as exc:
+        except DeliveryStopped as exc:
             # Every later recipient would fail the same way; the unclaimed rest waits for a rerun.
             result.aborted = str(exc)
             log.error("delivery for %s stopped: %s", day, exc)
@@ -188,7 +188,7 @@ def _deliver_claimed(session: Session, delivery: Delivery, context: _DayContext,
         _record_sent(session, delivery, subscriber, digest, message, result)
     else:
         _record_failure(session, delivery, subscriber, outcome, result)
-        if isinstance(outcome, MailServerUnavailable):
+        if isinstance(outcome, DeliveryStopped):
             raise outcome
 
 
@@ -204,7 +204,7 @@ def _compose(session: Session, subscriber: Subscriber, context: _DayContext) -> 
 
 def _send_with_retries(
     backend: MailBackend, message: EmailMessage, delivery: Delivery, settings: Settings
-) -> TemporaryDeliveryError | PermanentDeliveryError | None:
+) -> TemporaryDeliveryError | PermanentDeliveryError | DeliveryStopped | None:
     retrying = Retrying(
         retry=retry_if_exception_type(TemporaryDeliveryError),
         stop=stop_after_attempt(settings.smtp_max_attempts),
@@ -216,7 +216,7 @@ def _send_with_retries(
             with attempt:
                 delivery.attempts += 1
                 backend.send(message)
-    except (TemporaryDeliveryError, PermanentDeliveryError) as exc:
+    except (TemporaryDeliveryError, PermanentDeliveryError, DeliveryStopped) as exc:
         return exc
     return None
 
@@ -258,10 +258,11 @@ def _record_sent(
 def _record_failure(
     session: Session, delivery: Delivery, subscriber: Subscriber, outcome: Exception, result: DeliveryResult
 ) -> None:
-    """The delivery as failed with its reason; a server's refusal counts towards marking the address bounced."""
+    """The delivery as failed with its reason; a refusal of the address counts towards marking it bounced."""
     delivery.status = DeliveryStatus.FAILED
     delivery.error = str(outcome)[:2000]
-    delivery.retryable = isinstance(outcome, TemporaryDeliveryError)
+    # A refusal of our sender or message is nobody's bounce: the digest stays owed for the next run.
+    delivery.retryable = isinstance(outcome, (TemporaryDeliveryError, DeliveryStopped))
     session.add(delivery)
     result.failed += 1
     result.errors[subscriber.email] = delivery.error
@@ -313,3 +314,56 @@ def bounced_subscribers(session: Session, limit: int = 10) -> list[tuple[str, st
         )
         for subscriber_id, address in rows
     ]
+
+
+@dataclass(frozen=True)
+class OwedDigests:
+    """The day's digests not delivered yet: never tried, failed but retryable, claimed and unfinished."""
+
+    never_tried: int = 0
+    retryable: int = 0
+    # (address, when its claim lease ends): a sender claimed it and has not recorded the outcome.
+    claimed: list[tuple[str, dt.datetime]] = field(default_factory=list)
+    last_reply: str | None = None
+
+    @property
+    def total(self) -> int:
+        """How many digests the day still owes."""
+        return self.never_tried + self.retryable + len(self.claimed)
+
+    def describe(self) -> str | None:
+        """One line saying how many digests are owed and why; None when none is."""
+        if not self.total:
+            return None
+        line = f"{self.total} digests owed"
+        if self.last_reply:
+            line += f" ({self.never_tried + self.retryable} not sent: {self.last_reply})"
+        if self.claimed:
+            waiting = ", ".join(f"{address} until {ends:%Y-%m-%d %H:%M} UTC" for address, ends in self.claimed)
+            line += f"; waiting for their claim lease: {waiting}"
+        return line
+
+
+def owed_digests(session: Session, day: dt.date, lease: dt.timedelta = CLAIM_LEASE) -> OwedDigests:
+    """What the day still owes its recipients, and the server's last reply for a retryable failure."""
+    recipients = set(recipients_for_day(session, day))
+    rows = session.execute(
+        select(Delivery.subscriber_id, Delivery.status, Delivery.retryable, Delivery.error, Delivery.claimed_at)
+        .where(Delivery.day == day, Delivery.status != DeliveryStatus.SENT)
+        .order_by(Delivery.claimed_at)
+    ).all()
+    tried = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
+    retryable = [row for row in rows if row.status == DeliveryStatus.FAILED and row.retryable]
+    claimed_ids = {row.subscriber_id: row.claimed_at for row in rows if row.status == DeliveryStatus.CLAIMED}
+    addresses = dict(
+        session.execute(select(Subscriber.id, Subscriber.email).where(Subscriber.id.in_(list(claimed_ids)))).all()
+    )
+    return OwedDigests(
+        never_tried=len(recipients - tried),
+        retryable=sum(1 for row in retryable if row.subscriber_id in recipients),
+        claimed=[
+            (addresses.get(subscriber_id, "a deleted subscriber"), claimed_at + lease)
+            for subscriber_id, claimed_at in claimed_ids.items()
+        ],
+        last_reply=retryable[-1].error if retryable else None,
+    )

@@ -138,6 +138,8 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     NO_ANNOUNCEMENT = "no_announcement"
     COMPLETED = "completed"
+    # Every stage ran but digests are still owed (the mail server refused or was down); the next run resumes it.
+    INCOMPLETE = "incomplete"
     FAILED = "failed"
 
 

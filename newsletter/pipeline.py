@@ -18,7 +18,7 @@ from sqlmodel import Session, col
 from newsletter import runs
 from newsletter.config import Settings
 from newsletter.db import engine_for
-from newsletter.delivery import DeliveryResult, deliver_day, recipients_for_day, recipients_query
+from newsletter.delivery import DeliveryResult, deliver_day, owed_digests, recipients_for_day, recipients_query
 from newsletter.harvest import (
     MAX_CATCH_UP_DAYS,
     AnnouncementFeed,
@@ -117,6 +117,8 @@ class RunSummary:
     reason: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # Earlier days this run delivered first (caught up, or resumed with digests owed), oldest first.
+    earlier: list[RunSummary] = field(default_factory=list)
 
 
 @dataclass
@@ -362,8 +364,11 @@ def claimed_elsewhere(session: Session, day: dt.date, subscriber_ids: list[int])
     )
 
 
-def finish_day(session: Session, day: dt.date, force: bool = False) -> Run | None:
-    """Complete the day's run once no recipient is owed a digest (or at once if `force`); commits."""
+def finish_day(
+    session: Session, day: dt.date, force: bool = False, lease: dt.timedelta = dt.timedelta(minutes=10)
+) -> Run | None:
+    """End the day's run once every recipient's digest was tried (or at once if `force`): completed,
+    or incomplete with what is owed and why (`lease`: how long a claim waits for its sender); commits."""
     run = runs.locked_run(session, day)
     if run is None or run.status != RunStatus.RUNNING:
         session.commit()
@@ -372,7 +377,7 @@ def finish_day(session: Session, day: dt.date, force: bool = False) -> Run | Non
     if owed is not None and not force:
         session.commit()
         return None
-    return runs.finish_run(session, run)
+    return runs.finish_run(session, run, owed_digests(session, day, lease).describe())
 
 
 def run_daily(
@@ -394,15 +399,25 @@ def run_daily(
         runs.record_harvest_failure(session, failed_day, str(exc))
         return RunSummary(day=failed_day, status=RunStatus.FAILED, reason=f"harvest failed: {exc}")
     renderer = renderer or DigestRenderer()
-    # Missed days caught up by this harvest get their own digests first, oldest first.
-    for missed in harvest.caught_up:
-        deliver_harvested_day(session, settings, transports, missed, renderer)
+    # Missed days caught up by this harvest, and earlier days still owing digests, go first, oldest first.
+    earlier = [
+        deliver_harvested_day(session, settings, transports, past, renderer)
+        for past in days_to_resume(session, harvest.day or utcnow().date(), harvest.caught_up)
+    ]
     if harvest.day is None:
-        return RunSummary(day=day, status=RunStatus.NO_ANNOUNCEMENT, reason=NO_ANNOUNCEMENT_REASON)
+        return RunSummary(day=day, status=RunStatus.NO_ANNOUNCEMENT, reason=NO_ANNOUNCEMENT_REASON, earlier=earlier)
     summary = deliver_harvested_day(session, settings, transports, harvest.day, renderer)
+    summary.earlier = earlier
     if harvest.skipped is None:
         summary.stats[Stage.HARVEST] = harvest.counts
     return summary
+
+
+def days_to_resume(session: Session, day: dt.date, caught_up: Sequence[dt.date] = ()) -> list[dt.date]:
+    """The days before `day` to deliver first: `caught_up` and those owing digests within the catch-up window."""
+    # MAX_CATCH_UP_DAYS feed days (Sunday to Thursday) span this many calendar days.
+    since = day - dt.timedelta(days=MAX_CATCH_UP_DAYS * 7 // 5 + 1)
+    return sorted(set(caught_up) | set(runs.unfinished_days(session, before=day, since=since)))
 
 
 def deliver_harvested_day(
@@ -425,7 +440,7 @@ def deliver_harvested_day(
             with failing_run_on_error(session, day, stage):
                 results[stage] = steps[stage]()
     with failing_run_on_error(session, day, Stage.DELIVER):
-        run = finish_day(session, day, force=True)
+        run = finish_day(session, day, force=True, lease=dt.timedelta(seconds=settings.delivery_claim_lease_seconds))
     assert run is not None
     stats: dict[str, Any] = {stage: vars(result) for stage, result in results.items()}
     stats[Stage.DELIVER] = {k: v for k, v in stats[Stage.DELIVER].items() if k != "errors"}

@@ -72,7 +72,9 @@ def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
             session.rollback()
     run = locked_run(session, day)
     assert run is not None
-    reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT} | ({RunStatus.COMPLETED} if reopen_finished else set())
+    reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT, RunStatus.INCOMPLETE} | (
+        {RunStatus.COMPLETED} if reopen_finished else set()
+    )
     stale = run.status == RunStatus.RUNNING and run.started_at < utcnow() - STALE_RUN
     if run.status not in reopenable and not stale:
         session.commit()
@@ -244,8 +246,8 @@ def delivery_counts(session: Session, day: dt.date) -> dict[str, int]:
     return {status.value: int(rows.get(status, 0)) for status in DeliveryStatus}
 
 
-def finish_run(session: Session, run: Run) -> Run:
-    """Complete the locked, running `run`: the deliver stage's outcome, and why not every digest went (commits)."""
+def finish_run(session: Session, run: Run, owed: str | None = None) -> Run:
+    """End the locked, running `run`: completed, or incomplete when digests are `owed` (why); commits."""
     counts = delivery_counts(session, run.day)
     now = utcnow()
     deliver = _stage_row(session, run, Stage.DELIVER)
@@ -256,17 +258,29 @@ def finish_run(session: Session, run: Run) -> Run:
     match = stage_rows(session, run).get(Stage.MATCH)
     selections = match.selections if match is not None else None
     run.status, run.finished_at, run.failed_stage = RunStatus.COMPLETED, now, None
-    if selections == 0 and not deliver.sent:
+    if owed is not None:
+        # A day is done when its digests are: the next run resumes this one.
+        run.status, run.reason = RunStatus.INCOMPLETE, owed[:MAX_REASON]
+    elif selections == 0 and not deliver.sent:
         run.reason = "no paper matched any subscriber's keywords"
     elif deliver.failed:
         run.reason = f"{deliver.failed} deliveries failed"
-    elif deliver.pending:
-        run.reason = f"{deliver.pending} digests are still being sent by another worker"
     else:
         run.reason = None
     session.add(run)
     session.commit()
     return run
+
+
+def unfinished_days(session: Session, before: dt.date, since: dt.date) -> list[dt.date]:
+    """Days from `since` until before `before` whose run ended with digests owed, oldest first."""
+    return list(
+        session.scalars(
+            select(col(Run.day))
+            .where(col(Run.status) == RunStatus.INCOMPLETE, col(Run.day) < before, col(Run.day) >= since)
+            .order_by(col(Run.day))
+        )
+    )
 
 
 def run_is_open(session: Session, day: dt.date) -> bool:

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from newsletter.config import Settings
-from newsletter.delivery import bounced_subscribers
-from newsletter.models import Delivery, Run, RunStatus, Stage, Subscriber, utcnow
+from newsletter.delivery import bounced_subscribers, owed_digests
+from newsletter.models import Delivery, DeliveryStatus, Run, RunStatus, Stage, Subscriber, utcnow
 from newsletter.runs import STALE_RUN, stage_rows, stage_seconds
 from newsletter.translate import deepl_status_lines
 
@@ -56,7 +56,8 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
     latest = session.scalars(select(Run).order_by(col(Run.day).desc()).limit(runs)).all()
     if not latest:
         yield "runs: none yet"
-    lines = [(run.day, run_line(session, run)) for run in latest]
+    lease = dt.timedelta(seconds=settings.delivery_claim_lease_seconds)
+    lines = [(run.day, run_line(session, run, lease)) for run in latest]
     for day in _missing_days([run.day for run in latest]):
         lines.append((day, f"{day}: no run recorded - no digest (the service did not run; the next run catches up)"))
     for _, line in sorted(lines, reverse=True):
@@ -64,8 +65,8 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
     yield from deepl_status_lines(session, settings)
 
 
-def run_line(session: Session, run: Run) -> str:
-    """One run: its outcome, why there is no digest, counts per stage, seconds per stage."""
+def run_line(session: Session, run: Run, lease: dt.timedelta = dt.timedelta(minutes=10)) -> str:
+    """One run: its outcome, why there is no digest, counts per stage, delivery outcome, seconds per stage."""
     deliveries = dict(
         session.execute(
             select(col(Delivery.status), func.count())
@@ -87,6 +88,8 @@ def run_line(session: Session, run: Run) -> str:
         + f", sent {sent}, failed {deliveries.get('failed', 0)}"
         + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
     )
+    if run.status != RunStatus.RUNNING:
+        line += " | delivery: " + delivery_outcome(session, run.day, lease)
     seconds = stage_seconds(session, run)
     if seconds:
         line += " | seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items())
@@ -96,6 +99,21 @@ def run_line(session: Session, run: Run) -> str:
             f" {run.last_harvest_failure}"
         )
     return line
+
+
+def delivery_outcome(session: Session, day: dt.date, lease: dt.timedelta) -> str:
+    """The day's delivery in words: sent, owed (why, or whose claim lease it waits for), or failed (last reply)."""
+    owed = owed_digests(session, day, lease)
+    if owed.total:
+        return "owed: " + (owed.describe() or "")
+    refused = session.scalars(
+        select(col(Delivery.error))
+        .where(col(Delivery.day) == day, col(Delivery.status) == DeliveryStatus.FAILED)
+        .order_by(col(Delivery.claimed_at).desc())
+    ).all()
+    if refused:
+        return f"failed: {len(refused)} refused, last reply: {refused[0]}"
+    return "sent"
 
 
 def _count(value: int | None) -> str:

@@ -1,4 +1,4 @@
-"""Faults on a real SMTP server: 451 then 250, 550 for one address, dropped connections, bounces."""
+"""Faults on a real SMTP server: 451 then 250, 550 for one address, dropped connections, bounces, whose fault."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from newsletter.config import Settings
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.status import status_lines
 from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
-from tests.servers.smtp import NO_SUCH_USER_REPLY, TEMP_FAIL_REPLY, SmtpSink
+from tests.servers.smtp import (
+    MESSAGE_REFUSED_REPLY,
+    NO_SUCH_USER_REPLY,
+    SENDER_REJECTED_REPLY,
+    TEMP_FAIL_REPLY,
+    SmtpSink,
+)
 
 
 @pytest.fixture
@@ -70,7 +76,7 @@ def test_a_550_for_one_address_fails_it_and_the_rest_go_on(
     assert arrivals(smtp_sink) == Counter(addresses[:2] + addresses[3:])
     refused = delivery_of(session, addresses[2])
     assert refused.status == DeliveryStatus.FAILED and not refused.retryable
-    assert refused.error == NO_SUCH_USER_REPLY
+    assert refused.error == f"{NO_SUCH_USER_REPLY} (at RCPT TO)"
     assert refused.attempts == 1  # a permanent refusal is not retried
     assert subscriber_of(session, addresses[2]).consecutive_hard_failures == 1
     # A rerun does not try a refused address again the same day.
@@ -132,7 +138,7 @@ def test_three_hard_failures_in_a_row_bounce_the_subscriber(
     assert arrivals(smtp_sink) == Counter({addresses[1]: 4})
     status = "\n".join(status_lines(session, smtp_settings))
     assert "1 bounced" in status
-    assert f"bounced: {gone} ({NO_SUCH_USER_REPLY})" in status
+    assert f"bounced: {gone} ({NO_SUCH_USER_REPLY} (at RCPT TO))" in status
 
 
 def test_a_digest_that_arrives_resets_the_count_of_hard_failures(
@@ -153,3 +159,74 @@ def test_a_digest_that_arrives_resets_the_count_of_hard_failures(
     assert subscriber.status == SubscriberStatus.ACTIVE
     assert subscriber.consecutive_hard_failures == 1
     assert arrivals(smtp_sink) == Counter({address: 1})
+
+
+def bounced_addresses(session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(Subscriber.email)
+            .where(Subscriber.status == SubscriberStatus.BOUNCED)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+@pytest.mark.parametrize(("stage", "reply"), [("MAIL", SENDER_REJECTED_REPLY), ("DATA", MESSAGE_REFUSED_REPLY)])
+def test_a_relay_refusing_our_sender_or_message_stops_the_day_and_blames_nobody(
+    session: Session, smtp_settings: Settings, smtp_sink: SmtpSink, stage: str, reply: str
+) -> None:
+    days = [DAY + dt.timedelta(days=n) for n in range(3)]
+    for day in days:
+        addresses = seed_day(session, 3, day)
+    smtp_sink.refuse(stage, reply)  # type: ignore[arg-type]
+
+    results = [deliver(session, smtp_settings, day) for day in days]
+
+    assert [(r.sent, r.failed) for r in results] == [(0, 1)] * 3  # the first refusal stops each day
+    assert all(reply in (r.aborted or "") for r in results)
+    assert bounced_addresses(session) == []
+    assert all(subscriber_of(session, a).consecutive_hard_failures == 0 for a in addresses)
+    refused = delivery_of(session, addresses[0])
+    assert refused.retryable and refused.error == f"{reply} (at {'MAIL FROM' if stage == 'MAIL' else 'DATA'})"
+    assert refused.attempts == 1  # a refusal is not retried within the day
+
+    smtp_sink.accept_all()
+    for day in days:
+        deliver(session, smtp_settings, day)
+        deliver(session, smtp_settings, day)  # a second rerun finds nothing owed
+
+    per_day = Counter((r, m.message["X-Digest-Day"]) for m in smtp_sink.messages for r in m.rcpt_tos)
+    assert per_day == Counter({(a, day.isoformat()): 1 for a in addresses for day in days})
+
+
+def test_a_policy_refusal_at_rcpt_is_no_bounce_but_no_such_user_is(
+    session: Session, smtp_settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    addresses = seed_day(session, 4)
+    smtp_sink.reject_address(addresses[1])
+    smtp_sink.reject_address(addresses[3], reply="550 5.7.1 Relaying denied")
+
+    result = deliver(session, smtp_settings)
+
+    # No such user fails that address only; a relay's policy refusal stops the day at once.
+    assert (result.sent, result.failed) == (2, 2)
+    assert subscriber_of(session, addresses[1]).consecutive_hard_failures == 1
+    assert subscriber_of(session, addresses[3]).consecutive_hard_failures == 0
+    assert "5.7.1 Relaying denied" in (result.aborted or "")
+    assert delivery_of(session, addresses[3]).retryable
+
+
+def test_an_unreachable_server_stops_the_day_and_leaves_every_digest_owed(
+    session: Session, engine: Engine, tmp_path: Path
+) -> None:
+    with SmtpSink() as closed:
+        port = closed.port
+    settings = smtp_settings_for(engine, tmp_path, closed, smtp_port=port, smtp_max_attempts=2)
+    addresses = seed_day(session, 3)
+
+    result = deliver(session, settings)
+
+    assert result.sent == 0 and "cannot connect" in (result.aborted or "")
+    assert bounced_addresses(session) == []
+    assert delivery_of(session, addresses[0]).retryable
+    assert session.scalars(select(Delivery).where(Delivery.day == DAY)).all() == [delivery_of(session, addresses[0])]

@@ -91,6 +91,11 @@ def locked_day(day: dt.date, seconds: float) -> Iterator[None]:
         yield
 
 
+def claim_lease() -> dt.timedelta:
+    """How long a delivery claim waits for its sender (NEWSLETTER_DELIVERY_CLAIM_LEASE_SECONDS)."""
+    return dt.timedelta(seconds=settings.delivery_claim_lease_seconds)
+
+
 @cache
 def renderer() -> DigestRenderer:
     """One renderer per worker process: the template is compiled once."""
@@ -156,7 +161,7 @@ def fan_out(day: str) -> int:
         # Recorded after the enqueueing: a fan-out that died halfway is redone, never skipped.
         mark_enqueued(session, date)
         if not chunks:
-            finish_day(session, date)
+            finish_day(session, date, lease=claim_lease())
     return len(chunks)
 
 
@@ -170,7 +175,8 @@ def send_digests(self: Task, day: str, subscriber_ids: list[int]) -> dict:
         with day_session(day) as (session, date):
             result = deliver_chunk(session, settings, backend, date, subscriber_ids, renderer())
             stalled = claimed_elsewhere(session, date, subscriber_ids)
-            finish_day(session, date)
+            # A stop (the server refused our sender, or is down) ends the day now, incomplete; the next run resumes it.
+            finish_day(session, date, force=result.aborted is not None, lease=claim_lease())
     except SoftTimeLimitExceeded as exc:
         # The rest of the chunk goes on later; what was sent is recorded and is skipped then.
         raise self.retry(exc=exc, countdown=settings.delivery_claim_lease_seconds) from exc
@@ -217,6 +223,7 @@ def poll_announcement() -> str:
         return "outside the polling window"
     with session_scope(engine_for(settings.database_url)) as session:
         started: StartedDay = start_day(session, settings, None, reopen_finished=False, enqueue=enqueue_day)
+    resumed = "".join(f"{day}: resumed; " for day in started.resumed)
     if started.day is None:
-        return started.reason or "no announcement"
-    return f"{started.day}: {'started' if started.started else started.reason}"
+        return resumed + (started.reason or "no announcement")
+    return resumed + f"{started.day}: {'started' if started.started else started.reason}"

@@ -12,8 +12,8 @@ from redis.lock import Lock
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.models import RunStatus
-from newsletter.pipeline import NO_ANNOUNCEMENT_REASON, latest_announcement_day, production_transports
+from newsletter.models import RunStatus, utcnow
+from newsletter.pipeline import NO_ANNOUNCEMENT_REASON, days_to_resume, latest_announcement_day, production_transports
 from newsletter.runs import end_run, open_run
 
 TRIGGER_LOCK = "newsletter:lock:trigger"
@@ -38,6 +38,7 @@ class StartedDay:
     day: dt.date | None
     started: bool
     reason: str | None = None
+    resumed: tuple[dt.date, ...] = ()  # earlier days owing digests, enqueued first, oldest first
 
 
 def start_day(
@@ -56,13 +57,24 @@ def start_day(
     with client.lock(TRIGGER_LOCK, timeout=TRIGGER_LOCK_SECONDS, blocking_timeout=TRIGGER_LOCK_SECONDS):
         if day is None:
             day = latest_announcement_day(production_transports(settings).feed)
-            if day is None:
-                return StartedDay(None, False, NO_ANNOUNCEMENT_REASON)
-        if not open_run(session, day, reopen_finished):
-            return StartedDay(day, False, "a run of this day is in progress or done")
-        try:
-            enqueue(day)
-        except Exception as exc:
-            end_run(session, day, RunStatus.FAILED, f"could not enqueue the run: {exc}")
-            raise
-    return StartedDay(day, True)
+        owing = days_to_resume(session, day or utcnow().date())
+        resumed = tuple(past for past in owing if _open_and_enqueue(session, past, enqueue))
+        if day is None:
+            return StartedDay(None, False, NO_ANNOUNCEMENT_REASON, resumed)
+        if not _open_and_enqueue(session, day, enqueue, reopen_finished):
+            return StartedDay(day, False, "a run of this day is in progress or done", resumed)
+    return StartedDay(day, True, resumed=resumed)
+
+
+def _open_and_enqueue(
+    session: Session, day: dt.date, enqueue: Callable[[dt.date], None], reopen_finished: bool = False
+) -> bool:
+    """Open the day's run and queue its tasks; False when another run of it is open (or it is done)."""
+    if not open_run(session, day, reopen_finished):
+        return False
+    try:
+        enqueue(day)
+    except Exception as exc:
+        end_run(session, day, RunStatus.FAILED, f"could not enqueue the run: {exc}")
+        raise
+    return True

@@ -12,8 +12,10 @@ from newsletter.config import Settings
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.errors import (
     DeliveryConfigError,
+    DeliveryStopped,
     MailServerUnavailable,
     PermanentDeliveryError,
+    SenderRefused,
     TemporaryDeliveryError,
 )
 from newsletter.mail.message import Sender, UnusableAddress, build_message, digest_message_id
@@ -22,12 +24,14 @@ from newsletter.mail.smtp import SmtpBackend
 
 __all__ = [
     "DeliveryConfigError",
+    "DeliveryStopped",
     "DkimSigner",
     "MailBackend",
     "MailServerUnavailable",
     "OutboxBackend",
     "PermanentDeliveryError",
     "Sender",
+    "SenderRefused",
     "SmtpBackend",
     "TemporaryDeliveryError",
     "UnusableAddress",
@@ -38,7 +42,7 @@ __all__ = [
 
 
 class MailBackend(Protocol):
-    """Where a built message goes; `send` raises TemporaryDeliveryError or PermanentDeliveryError."""
+    """Where a built message goes; `send` raises TemporaryDeliveryError, PermanentDeliveryError or SenderRefused."""
 
     def send(self, message: EmailMessage) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -9,10 +10,16 @@ import threading
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from typing import Literal
 
 from newsletter.config import Settings
 from newsletter.mail.dkim import DkimSigner
-from newsletter.mail.errors import MailServerUnavailable, PermanentDeliveryError, TemporaryDeliveryError
+from newsletter.mail.errors import (
+    MailServerUnavailable,
+    PermanentDeliveryError,
+    SenderRefused,
+    TemporaryDeliveryError,
+)
 from newsletter.mail.message import message_bytes
 from newsletter.pacing import PacingUnavailable, RedisRequestSlots, RequestPacer, reachable_redis
 
@@ -171,7 +178,7 @@ class SmtpBackend:
         return connection
 
     def send(self, message: EmailMessage) -> None:
-        """Send one message; TemporaryDeliveryError or PermanentDeliveryError say how it failed."""
+        """Send one message; TemporaryDeliveryError, PermanentDeliveryError or SenderRefused say how it failed."""
         raw = message_bytes(message, self.signer)
         recipients = [address.addr_spec for address in message["To"].addresses]
         try:
@@ -190,11 +197,11 @@ class SmtpBackend:
         except smtplib.SMTPRecipientsRefused as exc:
             broken = False
             code, reply = next(iter(exc.recipients.values()))
-            raise _classify(code, reply) from exc
+            raise classify_reply("RCPT", code, reply) from exc
         except smtplib.SMTPResponseException as exc:
             # smtplib has sent RSET after a refusal; 421 means the server is closing the session.
             broken = exc.smtp_code == 421
-            raise _classify(exc.smtp_code, exc.smtp_error) from exc
+            raise classify_reply(_command_of(exc), exc.smtp_code, exc.smtp_error) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise TemporaryDeliveryError(f"connection lost: {_describe(exc)}") from exc
         except smtplib.SMTPException as exc:  # a reply smtplib could not make sense of
@@ -203,7 +210,7 @@ class SmtpBackend:
             self.pool.release(connection, broken)
         if refused:
             code, reply = next(iter(refused.values()))
-            raise _classify(code, reply)
+            raise classify_reply("RCPT", code, reply)
 
     def close(self) -> None:
         self.pool.close()
@@ -230,6 +237,38 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
-def _classify(code: int, reply: bytes | str) -> Exception:
-    message = f"{code} {_text(reply)}"
-    return PermanentDeliveryError(message) if code >= 500 else TemporaryDeliveryError(message)
+SmtpCommand = Literal["MAIL", "RCPT", "DATA", "SESSION"]
+
+# The command each smtplib refusal answers; anything else came outside a transaction (EHLO, ...).
+_COMMAND_OF_ERROR: dict[type[smtplib.SMTPResponseException], SmtpCommand] = {
+    smtplib.SMTPSenderRefused: "MAIL",
+    smtplib.SMTPDataError: "DATA",
+}
+_COMMAND_NAMES: dict[SmtpCommand, str] = {"MAIL": "MAIL FROM", "RCPT": "RCPT TO", "DATA": "DATA", "SESSION": "EHLO"}
+# Without an enhanced status code, these replies to RCPT name the address (RFC 5321 4.2.3).
+_RECIPIENT_REPLY_CODES = frozenset({550, 551, 552, 553})
+_ENHANCED_CODE = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def _command_of(exc: smtplib.SMTPResponseException) -> SmtpCommand:
+    return next((command for kind, command in _COMMAND_OF_ERROR.items() if isinstance(exc, kind)), "SESSION")
+
+
+def enhanced_subject(reply: str) -> int | None:
+    """The subject of the reply's enhanced status code (RFC 3463: 1 address, 2 mailbox, 7 policy), if it has one."""
+    found = _ENHANCED_CODE.match(reply)
+    return int(found.group(2)) if found else None
+
+
+def classify_reply(command: SmtpCommand, code: int, reply: bytes | str) -> Exception:
+    """Whose fault a refusal is: a 4xx is retried, a 5xx for the address at RCPT counts toward that
+    recipient's bounce, any other 5xx (sender, message, policy, session) stops the day and blames nobody."""
+    text = _text(reply)
+    message = f"{code} {text} (at {_COMMAND_NAMES[command]})"
+    if code < 500:
+        return TemporaryDeliveryError(message)
+    subject = enhanced_subject(text)
+    about_recipient = subject in (1, 2) if subject is not None else code in _RECIPIENT_REPLY_CODES
+    if command == "RCPT" and about_recipient:
+        return PermanentDeliveryError(message)
+    return SenderRefused(message)

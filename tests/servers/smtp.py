@@ -26,6 +26,8 @@ Stage = Literal["MAIL", "RCPT", "DATA"]
 
 TEMP_FAIL_REPLY = "451 4.3.0 Try again later"
 NO_SUCH_USER_REPLY = "550 5.1.1 No such user"
+SENDER_REJECTED_REPLY = "553 5.7.1 Sender address rejected"
+MESSAGE_REFUSED_REPLY = "554 5.6.0 Message refused"
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,12 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        """Accept MAIL FROM unless a drop is due."""
-        if self.sink._decide(server, "MAIL", address) == "DROP":
+        """Accept MAIL FROM unless a drop or a refusal is due."""
+        reply = self.sink._decide(server, "MAIL", address)
+        if reply == "DROP":
             return _drop(server)
+        if not reply.startswith("250"):
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -264,7 +269,8 @@ class SmtpSink:
         self._handler = _Handler(self)
         self._cond = threading.Condition()
         self._temp_fail: dict[str, int] = {}
-        self._rejected: set[str] = set()
+        self._rejected: dict[str, str] = {}
+        self._refused: dict[Stage, str] = {}
         self._drop: tuple[Stage, int] | None = None
         self._controller: _SinkController | None = None
         self._port: int | None = None
@@ -362,15 +368,26 @@ class SmtpSink:
         with self._cond:
             self._temp_fail[stage] = self._temp_fail.get(stage, 0) + n
 
-    def reject_address(self, *addresses: str) -> None:
-        """Answer '550 5.1.1 No such user' to RCPT TO of these addresses (case-insensitive)."""
+    def reject_address(self, *addresses: str, reply: str = NO_SUCH_USER_REPLY) -> None:
+        """Answer `reply` ('550 5.1.1 No such user') to RCPT TO of these addresses (case-insensitive)."""
         with self._cond:
-            self._rejected.update(a.strip().lower() for a in addresses)
+            self._rejected.update((a.strip().lower(), reply) for a in addresses)
 
     def accept_address(self, *addresses: str) -> None:
         """Undo reject_address for these addresses."""
         with self._cond:
-            self._rejected.difference_update(a.strip().lower() for a in addresses)
+            for address in addresses:
+                self._rejected.pop(address.strip().lower(), None)
+
+    def refuse(self, stage: Literal["MAIL", "DATA"], reply: str) -> None:
+        """Answer `reply` to every MAIL FROM (a refused sender) or DATA (a refused message) until accept_all."""
+        with self._cond:
+            self._refused[stage] = reply
+
+    def accept_all(self) -> None:
+        """Undo refuse: MAIL FROM and DATA are accepted again."""
+        with self._cond:
+            self._refused.clear()
 
     def drop_after(self, n_messages: int, stage: Stage = "MAIL") -> None:
         """After n more accepted messages, abort the connection at the next `stage` (once)."""
@@ -382,6 +399,7 @@ class SmtpSink:
         with self._cond:
             self._temp_fail.clear()
             self._rejected.clear()
+            self._refused.clear()
             self._drop = None
 
     def clear(self) -> None:
@@ -425,7 +443,9 @@ class SmtpSink:
                 self._drop = None
                 reply = "DROP"
             elif verb == "RCPT" and argument.strip().lower() in self._rejected:
-                reply = NO_SUCH_USER_REPLY
+                reply = self._rejected[argument.strip().lower()]
+            elif verb in self._refused:
+                reply = self._refused[verb]
             elif self._temp_fail.get(verb, 0) > 0:
                 self._temp_fail[verb] -= 1
                 reply = TEMP_FAIL_REPLY
@@ -471,7 +491,9 @@ class SmtpSink:
 
 
 __all__ = [
+    "MESSAGE_REFUSED_REPLY",
     "NO_SUCH_USER_REPLY",
+    "SENDER_REJECTED_REPLY",
     "TEMP_FAIL_REPLY",
     "ReceivedMessage",
     "SelfSignedCert",
