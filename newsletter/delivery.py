@@ -348,15 +348,20 @@ def owed_digests(session: Session, day: dt.date, lease: dt.timedelta = CLAIM_LEA
     """What the day still owes its recipients, and the server's last reply for a retryable failure."""
     recipients = set(recipients_for_day(session, day))
     rows = session.execute(
-        select(Delivery.subscriber_id, Delivery.status, Delivery.retryable, Delivery.error, Delivery.claimed_at)
-        .where(Delivery.day == day, Delivery.status != DeliveryStatus.SENT)
-        .order_by(Delivery.claimed_at)
+        select(
+            col(Delivery.subscriber_id), col(Delivery.status), col(Delivery.retryable), col(Delivery.error),
+            col(Delivery.claimed_at),
+        )
+        .where(col(Delivery.day) == day, col(Delivery.status) != DeliveryStatus.SENT)
+        .order_by(col(Delivery.claimed_at))
     ).all()
-    tried = set(session.scalars(select(Delivery.subscriber_id).where(Delivery.day == day)))
+    tried = set(session.scalars(select(col(Delivery.subscriber_id)).where(col(Delivery.day) == day)))
     retryable = [row for row in rows if row.status == DeliveryStatus.FAILED and row.retryable]
     claimed_ids = {row.subscriber_id: row.claimed_at for row in rows if row.status == DeliveryStatus.CLAIMED}
-    addresses = dict(
-        session.execute(select(Subscriber.id, Subscriber.email).where(Subscriber.id.in_(list(claimed_ids)))).all()
+    addresses: dict[int | None, str] = dict(
+        session.execute(
+            select(col(Subscriber.id), col(Subscriber.email)).where(col(Subscriber.id).in_(list(claimed_ids)))
+        ).tuples()
     )
     return OwedDigests(
         never_tried=len(recipients - tried),
