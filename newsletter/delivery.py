@@ -358,11 +358,12 @@ def owed_digests(session: Session, day: dt.date, lease: dt.timedelta = CLAIM_LEA
     tried = set(session.scalars(select(col(Delivery.subscriber_id)).where(col(Delivery.day) == day)))
     retryable = [row for row in rows if row.status == DeliveryStatus.FAILED and row.retryable]
     claimed_ids = {row.subscriber_id: row.claimed_at for row in rows if row.status == DeliveryStatus.CLAIMED}
-    addresses: dict[int | None, str] = dict(
-        session.execute(
+    addresses = {
+        subscriber_id: email
+        for subscriber_id, email in session.execute(
             select(col(Subscriber.id), col(Subscriber.email)).where(col(Subscriber.id).in_(list(claimed_ids)))
-        ).tuples()
-    )
+        )
+    }
     return OwedDigests(
         never_tried=len(recipients - tried),
         retryable=sum(1 for row in retryable if row.subscriber_id in recipients),

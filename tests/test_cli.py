@@ -183,3 +183,22 @@ def test_status_shows_a_day_whose_process_died_unrecorded_as_stalled_not_running
 
     assert status.returncode == 0, status.stderr
     assert f"{DAY}: running - no digest (stalled: running since {hours_ago:%Y-%m-%d %H:%M} UTC" in status.stdout
+
+
+def test_a_day_whose_mail_could_not_go_out_exits_non_zero_and_says_what_is_owed(
+    tmp_path: Path, day_env: dict[str, str]
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the outbox should be")
+
+    stopped = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env, NEWSLETTER_OUTBOX_DIR=str(blocked))
+
+    assert stopped.returncode != 0
+    assert "owed" in stopped.stderr.strip().splitlines()[-1], stopped.stderr
+    status = run(["status"], tmp_path, **day_env)
+    assert "owed" in next(line for line in status.stdout.splitlines() if line.startswith(str(DAY)))
+
+    resumed = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "outbox" / DAY.isoformat() / "ada@example.org.eml").exists()
