@@ -75,6 +75,27 @@ def test_a_failed_day_starts_again_on_the_next_tick_and_a_completed_one_only_whe
     assert enqueued == [DAY, DAY]
 
 
+def test_a_tick_first_resumes_earlier_days_that_still_owe_digests_oldest_first(
+    pg_engine: Engine, trigger_settings: Settings
+) -> None:
+    enqueued: list[dt.date] = []
+    owing = "3 digests owed (3 not sent: 553 5.7.1 Sender address rejected (at MAIL FROM))"
+    with Session(pg_engine, expire_on_commit=False) as session:
+        session.add_all([
+            Run(day=DAY - dt.timedelta(days=1), status=RunStatus.INCOMPLETE, reason=owing),
+            Run(day=DAY - dt.timedelta(days=6), status=RunStatus.INCOMPLETE, reason=owing),
+            Run(day=DAY - dt.timedelta(days=2), status=RunStatus.COMPLETED),
+            Run(day=DAY - dt.timedelta(days=60), status=RunStatus.INCOMPLETE, reason=owing),  # past the window
+        ])  # fmt: skip
+        session.commit()
+
+        started = start_day(session, trigger_settings, DAY, reopen_finished=False, enqueue=enqueued.append)
+
+    assert started.started
+    assert enqueued == [DAY - dt.timedelta(days=6), DAY - dt.timedelta(days=1), DAY]
+    assert started.resumed == (DAY - dt.timedelta(days=6), DAY - dt.timedelta(days=1))
+
+
 def test_a_tick_reads_the_day_from_the_feed_and_starts_nothing_without_announcement(
     pg_engine: Engine, trigger_settings: Settings, arxiv_server: ArxivServer
 ) -> None:
