@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from newsletter.delivery import DeliveryResult, claim_delivery
+from newsletter.delivery import CLAIM_LEASE, DeliveryResult, claim_delivery, owed_digests
 from newsletter.models import Delivery, DeliveryStatus, Subscriber
 from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SmtpSink
@@ -119,3 +119,21 @@ def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest
         assert (rerun.sent, rerun.skipped, rerun.failed) == (7, 5, 0)
         assert arrivals(smtp_sink) == Counter(addresses)
         assert statuses(session) == Counter({DeliveryStatus.SENT: 12})
+
+
+def test_after_a_crash_the_owed_digest_is_named_with_the_end_of_its_claim_lease(
+    session: Session, engine: Engine
+) -> None:
+    addresses = seed_day(session, 2)
+    first_id = session.scalars(select(Subscriber.id).where(Subscriber.email == addresses[0])).one()
+    claimed = claim_delivery(session, first_id, DAY)  # its sender died before sending
+    assert claimed is not None and claimed.claimed_at is not None
+
+    owed = owed_digests(session, DAY, CLAIM_LEASE)
+
+    lease_end = claimed.claimed_at + CLAIM_LEASE
+    assert owed.claimed == [(addresses[0], lease_end)]
+    assert owed.never_tried == 1
+    line = owed.describe()
+    assert f"waiting for their claim lease: {addresses[0]} until {lease_end:%Y-%m-%d %H:%M} UTC" in line
+    assert "another worker" not in line
