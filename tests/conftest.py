@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
@@ -19,6 +20,11 @@ from newsletter.db import make_engine
 from newsletter.schema import upgrade_schema
 
 pytest_plugins = ["tests.servers.pytest_plugin"]
+
+# CI replays the same examples every run (a failure there is reproducible); local runs explore new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 # Recorded real arXiv responses and the reference digest, kept inside the repository.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
