@@ -70,7 +70,7 @@ class ProblemCode(StrEnum):
     EMAIL_DOMAIN = "email_domain"  # detail: something after the @-sign is wrong
     EMAIL_TRAILING_TEXT = "email_trailing_text"  # detail: more than one address, or a display name
     EMAIL_INVALID = "email_invalid"  # detail
-    KEYWORD_SYNTAX = "keyword_syntax"  # line, column (1-based), message (the parser's English words)
+    KEYWORD_SYNTAX = "keyword_syntax"  # line, column (1-based), message (English), syntax (the KeywordSyntaxError)
     KEYWORDS_NONE = "keywords_none"  # -
     KEYWORDS_TOO_MANY = "keywords_too_many"  # count, limit
     LANGUAGE_UNKNOWN = "language_unknown"  # language
@@ -192,7 +192,7 @@ def keyword_problems(lines: Sequence[str]) -> list[Problem]:
             parse_keyword(keyword)
         except KeywordSyntaxError as error:
             column = len(line) - len(line.lstrip()) + min(error.position, len(keyword)) + 1
-            params = {"line": number, "column": column, "message": error.message}
+            params = {"line": number, "column": column, "message": error.message, "syntax": error}
             problems.append(Problem(InputField.KEYWORDS, ProblemCode.KEYWORD_SYNTAX, params))
     return problems
 

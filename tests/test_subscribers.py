@@ -10,8 +10,10 @@ from alembic import command
 from sqlalchemy.engine import Engine
 
 from newsletter.db import make_engine
+from newsletter.keywords import KeywordSyntaxError, SyntaxProblem
 from newsletter.schema import alembic_config
 from newsletter.subscribers import InputField, InvalidInput, ProblemCode, validate
+from newsletter.web.i18n import CHINESE, KEYWORD_MESSAGES, keyword_message
 
 
 def test_the_validator_names_every_problem_by_field_with_its_parameters() -> None:
@@ -75,3 +77,10 @@ def test_the_migration_gives_every_existing_subscriber_its_own_public_id(
 
 def _schema_of(engine: Engine) -> str:
     return str(engine.url.query["options"]).rpartition("=")[2]
+
+
+def test_every_keyword_problem_has_chinese_words_for_the_chinese_page() -> None:
+    assert set(KEYWORD_MESSAGES[CHINESE]) == set(SyntaxProblem)
+    error = KeywordSyntaxError(SyntaxProblem.UNKNOWN_FIELD, 0, field="foo:")
+    assert keyword_message(CHINESE, error) == "未知字段 'foo:'"
+    assert keyword_message("EN", error) == "unknown field 'foo:'"

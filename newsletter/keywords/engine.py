@@ -20,7 +20,7 @@ import ahocorasick_rs
 
 from newsletter.keywords.folding import _FIELD_BREAK, _forbidden_breaks, _plural_forms, _Stream, _stream, fold_text
 from newsletter.keywords.parallel import _MIN_PAPERS_PER_PROCESS, _ForkedScan
-from newsletter.keywords.syntax import And, AndNot, Expr, KeywordSyntaxError, Or, Term, parse_keyword
+from newsletter.keywords.syntax import And, AndNot, Expr, KeywordSyntaxError, Or, SyntaxProblem, Term, parse_keyword
 
 K = TypeVar("K", bound=Hashable)
 log = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ class KeywordIndex(Generic[K]):
                     except KeywordSyntaxError as error:
                         parsed[keyword] = error
                     except Exception as exc:  # noqa: BLE001 - one stored keyword never stops everyone's match
-                        parsed[keyword] = KeywordSyntaxError(f"unreadable keyword ({type(exc).__name__}: {exc})", 0)
+                        detail = f"{type(exc).__name__}: {exc}"
+                        parsed[keyword] = KeywordSyntaxError(SyntaxProblem.UNREADABLE, 0, detail=detail)
                 compiled = parsed[keyword]
                 if isinstance(compiled, KeywordSyntaxError):
                     self.invalid.append((subscriber, position, compiled))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple
 
 from newsletter.keywords.folding import _phrase_pattern, fold_text
@@ -20,13 +21,61 @@ MAX_KEYWORD_LENGTH = 200
 MIN_PREFIX_LENGTH = 3
 
 
-class KeywordSyntaxError(ValueError):
-    """A keyword that does not parse; `message` says what, `position` (0-based) where."""
+class SyntaxProblem(StrEnum):
+    """What is wrong with a keyword; the pages word each one in the reader's language."""
 
-    def __init__(self, message: str, position: int) -> None:
-        super().__init__(f"{message} at position {position}")
-        self.message = message
+    TOO_LONG = "too_long"
+    EMPTY = "empty"
+    UNCLOSED_QUOTE = "unclosed_quote"
+    UNKNOWN_FIELD = "unknown_field"
+    NOT_OPERATOR = "not_operator"
+    UNBALANCED = "unbalanced"
+    MISSING_OPERATOR = "missing_operator"
+    TERM_AFTER_OPERATOR = "term_after_operator"
+    TERM_BEFORE_OPERATOR = "term_before_operator"
+    EXPECTED_TERM = "expected_term"
+    TERM_AFTER_FIELD = "term_after_field"
+    EMPTY_PARENTHESES = "empty_parentheses"
+    EMPTY_QUOTE = "empty_quote"
+    INNER_WILDCARD = "inner_wildcard"
+    INVALID_CATEGORY = "invalid_category"
+    NO_LETTERS = "no_letters"
+    SHORT_PREFIX = "short_prefix"
+    UNREADABLE = "unreadable"
+
+
+# The parser's words for each problem, in English; newsletter/web/i18n.py has the other languages.
+SYNTAX_MESSAGES = {
+    SyntaxProblem.TOO_LONG: "keyword longer than {limit} characters",
+    SyntaxProblem.EMPTY: "empty keyword",
+    SyntaxProblem.UNCLOSED_QUOTE: "unclosed quote",
+    SyntaxProblem.UNKNOWN_FIELD: "unknown field '{field}'",
+    SyntaxProblem.NOT_OPERATOR: "NOT is not an operator, use ANDNOT",
+    SyntaxProblem.UNBALANCED: "unbalanced parenthesis",
+    SyntaxProblem.MISSING_OPERATOR: "missing operator (AND, OR or ANDNOT) between terms",
+    SyntaxProblem.TERM_AFTER_OPERATOR: "operator {operator} needs a term after it",
+    SyntaxProblem.TERM_BEFORE_OPERATOR: "operator {operator} needs a term before it",
+    SyntaxProblem.EXPECTED_TERM: "expected a term",
+    SyntaxProblem.TERM_AFTER_FIELD: "field {field}: needs a term after it",
+    SyntaxProblem.EMPTY_PARENTHESES: "empty parentheses",
+    SyntaxProblem.EMPTY_QUOTE: "empty quoted phrase",
+    SyntaxProblem.INNER_WILDCARD: "wildcard * is only allowed at the end of a term",
+    SyntaxProblem.INVALID_CATEGORY: "invalid category '{category}'",
+    SyntaxProblem.NO_LETTERS: "term '{term}' has no letters or digits",
+    SyntaxProblem.SHORT_PREFIX: "prefix '{term}' is too short, use at least {limit} letters before *",
+    SyntaxProblem.UNREADABLE: "unreadable keyword ({detail})",
+}
+
+
+class KeywordSyntaxError(ValueError):
+    """A keyword that does not parse: `problem` and its `params` say what, `position` (0-based) where."""
+
+    def __init__(self, problem: SyntaxProblem, position: int, **params: object) -> None:
+        self.problem = problem
+        self.params = params
+        self.message = SYNTAX_MESSAGES[problem].format(**params)  # in English
         self.position = position
+        super().__init__(f"{self.message} at position {position}")
 
 
 class ProfileError(ValueError):
@@ -115,7 +164,7 @@ def _tokenize(source: str) -> list[_Token]:
             tokens.append(_Token(lexeme.group(), lexeme.group(), index))
         elif lexeme.group("quoted") is not None:
             if lexeme.group("closed") is None:
-                raise KeywordSyntaxError("unclosed quote", index)
+                raise KeywordSyntaxError(SyntaxProblem.UNCLOSED_QUOTE, index)
             tokens.append(_Token("quoted", lexeme.group("quoted"), index))
         else:
             tokens.extend(_word_tokens(lexeme.group(), index))
@@ -128,7 +177,7 @@ def _word_tokens(word: str, index: int) -> list[_Token]:
     if prefix and (prefix.group(1).lower() in _FIELDS or prefix.end() < len(word)):
         name = prefix.group(1).lower()
         if name not in _FIELDS:
-            raise KeywordSyntaxError(f"unknown field '{prefix.group()}'", index)
+            raise KeywordSyntaxError(SyntaxProblem.UNKNOWN_FIELD, index, field=prefix.group())
         field_token = _Token("field", name, index)
         if prefix.end() == len(word):
             return [field_token]
@@ -136,7 +185,7 @@ def _word_tokens(word: str, index: int) -> list[_Token]:
     if word in _OPERATORS:
         return [_Token("op", word, index)]
     if word == "NOT":
-        raise KeywordSyntaxError("NOT is not an operator, use ANDNOT", index)
+        raise KeywordSyntaxError(SyntaxProblem.NOT_OPERATOR, index)
     return [_Token("word", word, index)]
 
 
@@ -158,7 +207,7 @@ class _Parser:
         leftover = self.peek()
         if leftover is not None:
             # parse_or stops early only at a ")" nothing opened.
-            raise KeywordSyntaxError("unbalanced parenthesis", leftover.position)
+            raise KeywordSyntaxError(SyntaxProblem.UNBALANCED, leftover.position)
         return expr
 
     def parse_or(self, scope: str | None) -> Expr:
@@ -172,7 +221,7 @@ class _Parser:
         expr = self.parse_unary(scope)
         while (token := self.peek()) is not None and token.kind != ")":
             if token.kind != "op":
-                raise KeywordSyntaxError("missing operator (AND, OR or ANDNOT) between terms", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.MISSING_OPERATOR, token.position)
             if token.text == "OR":
                 break
             self.require_term_after(self.advance())
@@ -183,39 +232,39 @@ class _Parser:
     def require_term_after(self, operator: _Token) -> None:
         following = self.peek()
         if following is None or following.kind not in ("word", "quoted", "field", "("):
-            raise KeywordSyntaxError(f"operator {operator.text} needs a term after it", operator.position)
+            raise KeywordSyntaxError(SyntaxProblem.TERM_AFTER_OPERATOR, operator.position, operator=operator.text)
 
     def parse_unary(self, scope: str | None) -> Expr:
         token = self.peek()
         if token is None:  # only reachable through a bug elsewhere; keep the message useful
-            raise KeywordSyntaxError("expected a term", len(self.tokens))
+            raise KeywordSyntaxError(SyntaxProblem.EXPECTED_TERM, len(self.tokens))
         if token.kind == "op":
-            raise KeywordSyntaxError(f"operator {token.text} needs a term before it", token.position)
+            raise KeywordSyntaxError(SyntaxProblem.TERM_BEFORE_OPERATOR, token.position, operator=token.text)
         if token.kind == ")":
-            raise KeywordSyntaxError("unbalanced parenthesis", token.position)
+            raise KeywordSyntaxError(SyntaxProblem.UNBALANCED, token.position)
         if token.kind == "field":
             self.advance()
             following = self.peek()
             if following is None or following.kind not in ("word", "quoted", "("):
-                raise KeywordSyntaxError(f"field {token.text}: needs a term after it", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.TERM_AFTER_FIELD, token.position, field=token.text)
             return self.parse_unary(_FIELDS[token.text])
         if token.kind == "(":
             self.advance()
             following = self.peek()
             if following is None:
-                raise KeywordSyntaxError("unbalanced parenthesis", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.UNBALANCED, token.position)
             if following.kind == ")":
-                raise KeywordSyntaxError("empty parentheses", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.EMPTY_PARENTHESES, token.position)
             inner = self.parse_or(scope)
             closing = self.peek()
             if closing is None or closing.kind != ")":
-                raise KeywordSyntaxError("unbalanced parenthesis", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.UNBALANCED, token.position)
             self.advance()
             return inner
         if token.kind == "quoted":
             self.advance()
             if not token.text.strip():
-                raise KeywordSyntaxError("empty quoted phrase", token.position)
+                raise KeywordSyntaxError(SyntaxProblem.EMPTY_QUOTE, token.position)
             return _make_term(scope or "text", [(token.text, token.position + 1)])
         words = [(self.advance().text, token.position)]
         if scope != "cat":  # bare adjacent words form one phrase; a category is one word
@@ -231,14 +280,14 @@ def _make_term(scope: str, words: list[tuple[str, int]]) -> Term:
         star = text.find("*")
         is_trailing = number == len(words) - 1 and star == len(text.rstrip()) - 1
         if star != -1 and not is_trailing:
-            raise KeywordSyntaxError("wildcard * is only allowed at the end of a term", position + star)
+            raise KeywordSyntaxError(SyntaxProblem.INNER_WILDCARD, position + star)
     display = " ".join(text for text, _ in words).strip()
     if scope == "cat":
         prefix = display.endswith("*")
         category = (display[:-1] if prefix else display).strip().lower()
         valid = _CATEGORY_PREFIX if prefix else _CATEGORY
         if not valid.fullmatch(category):
-            raise KeywordSyntaxError(f"invalid category '{display}'", words[0][1])
+            raise KeywordSyntaxError(SyntaxProblem.INVALID_CATEGORY, words[0][1], category=display)
         return Term("cat", category, prefix, text=display)
     return _phrase_term(scope, display, words[0][1])
 
@@ -248,21 +297,18 @@ def _phrase_term(scope: str, display: str, start: int) -> Term:
     prefix = display.endswith("*")
     pattern = _phrase_pattern(fold_text(display[:-1] if prefix else display), scope != "au" and not prefix)
     if pattern is None:
-        raise KeywordSyntaxError(f"term '{display}' has no letters or digits", start)
+        raise KeywordSyntaxError(SyntaxProblem.NO_LETTERS, start, term=display)
     if prefix and len(pattern.text) < MIN_PREFIX_LENGTH:
-        raise KeywordSyntaxError(
-            f"prefix '{display}' is too short, use at least {MIN_PREFIX_LENGTH} letters before *",
-            start,
-        )
+        raise KeywordSyntaxError(SyntaxProblem.SHORT_PREFIX, start, term=display, limit=MIN_PREFIX_LENGTH)
     return Term(scope, pattern.text, prefix, pattern.breaks, text=display)
 
 
 def parse_keyword(keyword: str) -> Expr:
     """Parse one keyword into its expression tree, or raise KeywordSyntaxError."""
     if len(keyword) > MAX_KEYWORD_LENGTH:
-        raise KeywordSyntaxError(f"keyword longer than {MAX_KEYWORD_LENGTH} characters", MAX_KEYWORD_LENGTH)
+        raise KeywordSyntaxError(SyntaxProblem.TOO_LONG, MAX_KEYWORD_LENGTH, limit=MAX_KEYWORD_LENGTH)
     if not keyword.strip():
-        raise KeywordSyntaxError("empty keyword", 0)
+        raise KeywordSyntaxError(SyntaxProblem.EMPTY, 0)
     if not _SYNTAX.search(keyword):  # a plain phrase, as most keywords are
         return _phrase_term("text", " ".join(keyword.split()), len(keyword) - len(keyword.lstrip()))
     return _Parser(_tokenize(keyword)).parse()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
+from newsletter.keywords import KeywordSyntaxError, SyntaxProblem
 from newsletter.subscribers import Problem, ProblemCode
 
 ENGLISH = "en"
@@ -201,37 +201,35 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
-# The keyword parser explains itself in English (newsletter.keywords); its messages in Chinese.
-# The groups carry what the message quotes (a field, an operator, a term) over unchanged.
-KEYWORD_MESSAGES_ZH = [
-    (r"keyword longer than (\d+) characters", "关键词超过 {0} 个字符"),
-    (r"empty keyword", "关键词为空"),
-    (r"unclosed quote", "引号没有闭合"),
-    (r"unknown field '(.*)'", "未知字段 '{0}'"),
-    (r"NOT is not an operator, use ANDNOT", "NOT 不是运算符，请使用 ANDNOT"),
-    (r"unbalanced parenthesis", "括号不配对"),
-    (r"missing operator \(AND, OR or ANDNOT\) between terms", "词语之间缺少运算符（AND、OR 或 ANDNOT）"),
-    (r"operator (\S+) needs a term after it", "运算符 {0} 后面需要一个词语"),
-    (r"operator (\S+) needs a term before it", "运算符 {0} 前面需要一个词语"),
-    (r"expected a term", "此处需要一个词语"),
-    (r"field (\S+): needs a term after it", "字段 {0}: 后面需要一个词语"),
-    (r"empty parentheses", "括号内为空"),
-    (r"empty quoted phrase", "引号内为空"),
-    (r"wildcard \* is only allowed at the end of a term", "通配符 * 只能放在词语末尾"),
-    (r"invalid category '(.*)'", "无效的分类 '{0}'"),
-    (r"term '(.*)' has no letters or digits", "词语 '{0}' 不含字母或数字"),
-    (r"prefix '(.*)' is too short, use at least (\d+) letters before \*", "前缀 '{0}' 太短，* 前至少需要 {1} 个字母"),
-]
-_KEYWORD_MESSAGES = {CHINESE: [(re.compile(f"{pattern}$"), text) for pattern, text in KEYWORD_MESSAGES_ZH]}
+# The keyword parser's problems (newsletter.keywords.SyntaxProblem) in Chinese; English is the parser's own.
+KEYWORD_MESSAGES = {
+    CHINESE: {
+        SyntaxProblem.TOO_LONG: "关键词超过 {limit} 个字符",
+        SyntaxProblem.EMPTY: "关键词为空",
+        SyntaxProblem.UNCLOSED_QUOTE: "引号没有闭合",
+        SyntaxProblem.UNKNOWN_FIELD: "未知字段 '{field}'",
+        SyntaxProblem.NOT_OPERATOR: "NOT 不是运算符，请使用 ANDNOT",
+        SyntaxProblem.UNBALANCED: "括号不配对",
+        SyntaxProblem.MISSING_OPERATOR: "词语之间缺少运算符（AND、OR 或 ANDNOT）",
+        SyntaxProblem.TERM_AFTER_OPERATOR: "运算符 {operator} 后面需要一个词语",
+        SyntaxProblem.TERM_BEFORE_OPERATOR: "运算符 {operator} 前面需要一个词语",
+        SyntaxProblem.EXPECTED_TERM: "此处需要一个词语",
+        SyntaxProblem.TERM_AFTER_FIELD: "字段 {field}: 后面需要一个词语",
+        SyntaxProblem.EMPTY_PARENTHESES: "括号内为空",
+        SyntaxProblem.EMPTY_QUOTE: "引号内为空",
+        SyntaxProblem.INNER_WILDCARD: "通配符 * 只能放在词语末尾",
+        SyntaxProblem.INVALID_CATEGORY: "无效的分类 '{category}'",
+        SyntaxProblem.NO_LETTERS: "词语 '{term}' 不含字母或数字",
+        SyntaxProblem.SHORT_PREFIX: "前缀 '{term}' 太短，* 前至少需要 {limit} 个字母",
+        SyntaxProblem.UNREADABLE: "无法读取的关键词（{detail}）",
+    }
+}
 
 
-def keyword_message(language: str, message: str) -> str:
-    """The keyword parser's English `message` in `language` (as it is when there is no translation)."""
-    for pattern, text in _KEYWORD_MESSAGES.get(language, []):
-        found = pattern.match(message)
-        if found:
-            return text.format(*found.groups())
-    return message
+def keyword_message(language: str, error: KeywordSyntaxError) -> str:
+    """What is wrong with a keyword, in `language` (the parser's English where there is no translation)."""
+    text = KEYWORD_MESSAGES.get(language, {}).get(error.problem)
+    return text.format(**error.params) if text else error.message
 
 
 class Translator:
@@ -248,8 +246,9 @@ class Translator:
     def problem(self, problem: Problem) -> str:
         """A subscriber service problem in this language."""
         params = dict(problem.params)
-        if problem.code == ProblemCode.KEYWORD_SYNTAX:
-            params["message"] = keyword_message(self.language, str(params["message"]))
+        syntax = params.get("syntax")
+        if problem.code == ProblemCode.KEYWORD_SYNTAX and isinstance(syntax, KeywordSyntaxError):
+            params["message"] = keyword_message(self.language, syntax)
         return self(problem.code.value, **params)
 
     def count(self, key: str, number: int, name: str = "count") -> str:
