@@ -202,12 +202,6 @@ class PaperView:
             self.translation_missing, self.plain,
         )
 
-    def __post_init__(self) -> None:
-        # Names, comments and journal references carry LaTeX accents and stray controls too.
-        self.authors = tuple(map(self._shown, self.authors))
-        self.comment = self._shown(self.comment) if self.comment else self.comment
-        self.journal_ref = self._shown(self.journal_ref) if self.journal_ref else self.journal_ref
-
     def as_plain(self) -> PaperView:
         """This paper with its text as typed and nothing highlighted."""
         return dataclasses.replace(self, terms=(), plain=True)
@@ -256,9 +250,19 @@ class PaperView:
         """How many authors 'et al.' stands for (long lists only: two names are never hidden)."""
         return len(self.authors) - AUTHORS_SHOWN if len(self.authors) > AUTHORS_SHOWN + 2 else 0
 
-    @property
+    # Names, comments and journal references carry LaTeX accents and stray controls too. Read on
+    # first use, as the title is: a view is made per subscriber, its card rendered once per paper.
+    @cached_property
     def authors_shown(self) -> str:
-        return ", ".join(self.authors[: len(self.authors) - self.authors_hidden])
+        return ", ".join(map(self._shown, self.authors[: len(self.authors) - self.authors_hidden]))
+
+    @cached_property
+    def comment_shown(self) -> str | None:
+        return self._shown(self.comment) if self.comment else None
+
+    @cached_property
+    def journal_ref_shown(self) -> str | None:
+        return self._shown(self.journal_ref) if self.journal_ref else None
 
     @property
     def primary_subject(self) -> str:
