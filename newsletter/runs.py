@@ -44,32 +44,31 @@ def locked_run(session: Session, day: dt.date) -> Run | None:
     ).first()
 
 
+def _create_run(session: Session, day: dt.date) -> bool:
+    """Insert the day's run row; False when another caller has (the row is unique on the day). Commits."""
+    try:
+        with session.begin_nested():
+            session.add(Run(day=day))
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+        return False
+
+
 def claim_run(session: Session, day: dt.date) -> Run:
     """The day's run row, created once (unique on the day); commits."""
     run = find_run(session, day)
-    if run is not None:
-        return run
-    run = Run(day=day)
-    try:
-        with session.begin_nested():
-            session.add(run)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+    if run is None:
+        _create_run(session, day)
         run = session.scalars(select(Run).where(col(Run.day) == day)).one()
     return run
 
 
 def open_run(session: Session, day: dt.date, reopen_finished: bool) -> bool:
     """Start the day's run: True for the one caller that created or reopened its row (commits)."""
-    if session.scalars(select(col(Run.id)).where(col(Run.day) == day)).first() is None:
-        try:
-            with session.begin_nested():
-                session.add(Run(day=day))
-            session.commit()
-            return True
-        except IntegrityError:
-            session.rollback()
+    if find_run(session, day) is None and _create_run(session, day):
+        return True
     run = locked_run(session, day)
     assert run is not None
     reopenable = {RunStatus.FAILED, RunStatus.NO_ANNOUNCEMENT, RunStatus.INCOMPLETE} | (
