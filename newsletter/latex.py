@@ -31,7 +31,7 @@ from unicodeit import data as unicode_tables
 log = logging.getLogger(__name__)
 
 PROTECT_TAG = "x"
-_PLACEHOLDER = re.compile(rf"<{PROTECT_TAG}>(\d+)</{PROTECT_TAG}>")
+PLACEHOLDER = re.compile(rf"<{PROTECT_TAG}>(\d+)</{PROTECT_TAG}>")
 _MARKUP = re.compile(r"<[A-Za-z/!?][^<>]*>")
 
 
@@ -172,16 +172,21 @@ def _is_text_accent(span: Span) -> bool:
 
 def restore_latex(translated: str, spans: list[str]) -> str:
     """The translated XML as text with every placeholder replaced by its span; LatexLost if any is missing."""
-    found = [int(number) for number in _PLACEHOLDER.findall(translated)]
+    found = [int(number) for number in PLACEHOLDER.findall(translated)]
     if sorted(found) != list(range(len(spans))):
         raise LatexLost(f"expected placeholders 0..{len(spans) - 1}, got {found}")
+    return fill_placeholders(translated, spans)
+
+
+def fill_placeholders(xml: str, spans: list[str]) -> str:
+    """`xml` as text with the placeholders it holds (any of them) replaced by their spans."""
     pieces: list[str] = []
     last = 0
-    for placeholder in _PLACEHOLDER.finditer(translated):
-        pieces.append(_xml_text(translated[last : placeholder.start()]))
+    for placeholder in PLACEHOLDER.finditer(xml):
+        pieces.append(_xml_text(xml[last : placeholder.start()]))
         pieces.append(spans[int(placeholder.group(1))])
         last = placeholder.end()
-    pieces.append(_xml_text(translated[last:]))
+    pieces.append(_xml_text(xml[last:]))
     return "".join(pieces)
 
 

@@ -21,8 +21,10 @@ from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.latex import (
+    PLACEHOLDER,
     PROTECT_TAG,
     LatexLost,
+    fill_placeholders,
     latex_to_unicode,
     normalize_whitespace,
     protect_latex,
@@ -561,7 +563,6 @@ def request_size(paper: SourceText | Paper) -> int:
 # -- planning requests: one paper each, sized in characters -------------------------------------------
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_PLACEHOLDER_TAG = re.compile(rf"<{PROTECT_TAG}>(\d+)</{PROTECT_TAG}>")
 
 
 @dataclass(frozen=True)
@@ -806,7 +807,7 @@ def _after_rejection(
     """One different request: the sentences without math sent alone, the formula sentences kept in English."""
     log.warning("%s: translation to %s rejected (%s)", paper.arxiv_id, sender.language, "; ".join(reasons.values()))
     plan = {name: _runs_without_math(paper.protected[name].xml) for name in reasons}
-    to_send = [Part(name, run) for name, runs in plan.items() for run in runs if not _PLACEHOLDER_TAG.search(run)]
+    to_send = [Part(name, run) for name, runs in plan.items() for run in runs if not PLACEHOLDER.search(run)]
     if not to_send:
         return None, "nothing else to send: every sentence holds math; shown in English"
     try:
@@ -822,8 +823,8 @@ def _after_rejection(
         for name, runs in plan.items():
             out = []
             for run in runs:
-                if _PLACEHOLDER_TAG.search(run):
-                    out.append(_in_english(run, paper.protected[name].spans))
+                if PLACEHOLDER.search(run):
+                    out.append(fill_placeholders(run, paper.protected[name].spans))
                     kept += 1
                 else:
                     out.append(restore_latex(next(replies), []))
@@ -837,7 +838,7 @@ def _runs_without_math(xml: str) -> list[str]:
     """The text's sentences, each with math alone, consecutive ones without math joined into one run."""
     runs: list[str] = []
     for sentence in sentences(xml):
-        joinable = runs and not _PLACEHOLDER_TAG.search(sentence) and not _PLACEHOLDER_TAG.search(runs[-1])
+        joinable = runs and not PLACEHOLDER.search(sentence) and not PLACEHOLDER.search(runs[-1])
         if joinable:
             runs[-1] += " " + sentence
         else:
@@ -845,11 +846,6 @@ def _runs_without_math(xml: str) -> list[str]:
     return runs
 
 
-def _in_english(sentence: str, spans: list[str]) -> str:
-    """A protected sentence as the original text, its LaTeX put back."""
-    pieces = _PLACEHOLDER_TAG.split(sentence)  # text, number, text, number, ..., text
-    return "".join(restore_latex(piece, []) if index % 2 == 0 else spans[int(piece)]
-                   for index, piece in enumerate(pieces))
 
 
 def _store_translation(
