@@ -89,15 +89,14 @@ def latex_spans(text: str) -> list[Span]:
     for match in _SPAN.finditer(text):
         if match.start() > last:
             spans.append(Span(SpanKind.TEXT, last, match.start(), text[last : match.start()]))
-        kind = SpanKind(next(name for name in _KINDS if match.group(name) is not None))
+        assert match.lastgroup is not None  # every alternative is a named group
+        kind = SpanKind(match.lastgroup)  # the kind's group encloses any other (env, inside math)
         spans.append(Span(kind, match.start(), match.end(), match.group()))
         last = match.end()
     if last < len(text):
         spans.append(Span(SpanKind.TEXT, last, len(text), text[last:]))
     return spans
 
-
-_KINDS = ("math", "command", "accent", "escape", "group", "dollar")
 
 
 def has_latex(text: str) -> bool:
