@@ -11,7 +11,7 @@ from sqlmodel import Session, col
 from newsletter.config import Settings
 from newsletter.delivery import bounced_subscribers, owed_digests
 from newsletter.models import Delivery, DeliveryStatus, Run, RunStatus, Stage, Subscriber, utcnow
-from newsletter.runs import STALE_RUN, stage_rows, stage_seconds
+from newsletter.runs import STALE_RUN, delivery_counts, stage_rows, stage_seconds
 from newsletter.translate import deepl_status_lines
 
 
@@ -67,26 +67,20 @@ def status_lines(session: Session, settings: Settings, runs: int = 10) -> Iterat
 
 def run_line(session: Session, run: Run, lease: dt.timedelta = dt.timedelta(minutes=10)) -> str:
     """One run: its outcome, why there is no digest, counts per stage, delivery outcome, seconds per stage."""
-    deliveries = dict(
-        session.execute(
-            select(col(Delivery.status), func.count())
-            .where(col(Delivery.day) == run.day)
-            .group_by(col(Delivery.status))
-        ).all()
-    )
+    deliveries = delivery_counts(session, run.day)
     stages = stage_rows(session, run)
     harvest, match = stages.get(Stage.HARVEST), stages.get(Stage.MATCH)
     announced = harvest.announced if harvest is not None else None
     selections = match.selections if match is not None else None
-    sent = deliveries.get("sent", 0)
+    sent = deliveries[DeliveryStatus.SENT]
     reason = no_digest_reason(run, sent, selections)
     line = (
         f"{run.day}: {run.status}"
         + (" (caught up)" if run.caught_up else "")
         + (f" - no digest ({reason})" if reason else (f" - {run.reason}" if run.reason else ""))
         + f" | announced {_count(announced)}, selections {_count(selections)}"
-        + f", sent {sent}, failed {deliveries.get('failed', 0)}"
-        + f", pending {deliveries.get('claimed', 0)}, DeepL characters {run.billed_characters}"
+        + f", sent {sent}, failed {deliveries[DeliveryStatus.FAILED]}"
+        + f", pending {deliveries[DeliveryStatus.CLAIMED]}, DeepL characters {run.billed_characters}"
     )
     if run.status != RunStatus.RUNNING:
         line += " | delivery: " + delivery_outcome(session, run.day, lease)
