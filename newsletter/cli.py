@@ -209,7 +209,9 @@ def web(
     """Serve the web app."""
     import uvicorn
 
-    uvicorn.run("newsletter.web.app:create_app", factory=True, host=host, port=port)
+    # The app believes X-Forwarded-For only from NEWSLETTER_TRUSTED_PROXIES (create_app); uvicorn's own
+    # handling would believe it from any local connection.
+    uvicorn.run("newsletter.web.app:create_app", factory=True, host=host, port=port, proxy_headers=False)
 
 
 @app.command()

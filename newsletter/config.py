@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from newsletter.resources import TEMPLATES_DIR  # noqa: F401  (imported from here by render and web)
@@ -16,7 +16,12 @@ from newsletter.resources import TEMPLATES_DIR  # noqa: F401  (imported from her
 # A link is the base URL plus a path and a signed token (~150 characters); List-Unsubscribe
 # carries it on one header line, which SMTP caps at 998 octets.
 MAX_URL_LENGTH = 500
-_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
+# Words that mark a secret copied from an example rather than generated; any of them inside refuses it.
+_PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "please-change", "placeholder", "example", "secret",
+                      "password", "default", "xxxx", "1234", "test")
+# A secret from `python -c "import secrets; print(secrets.token_urlsafe(32))"` has 43 characters.
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT_CHARACTERS = 10
 
 
 class Settings(BaseSettings):
@@ -79,7 +84,8 @@ class Settings(BaseSettings):
     from_name: str = "arXiv Digest"
     list_id: str = "arxiv-digest.localhost"
     base_url: str = "http://localhost:8000"
-    secret_key: str | None = None
+    # Checked even when unset (validate_default): production refuses to run without one.
+    secret_key: str | None = Field(None, validate_default=True)
 
     # The web app: per-IP limit on form POSTs and on the keyword check, where the counters
     # live (memory:// per process, or redis://host:port/db shared by every web worker), and
@@ -89,6 +95,13 @@ class Settings(BaseSettings):
     web_rate_limit_storage: str = "memory://"
     web_rate_limit_prefix: str = "newsletter-web"
     web_max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Confirmation mails: at most so many per mailbox (its +tag removed), per domain and per client.
+    web_confirm_mailbox_rate_limit: str = "3/hour"
+    web_confirm_domain_rate_limit: str = "100/hour"
+    web_confirm_client_rate_limit: str = "10/hour"
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks, comma
+    # separated); empty: the connecting address is the client, whatever the headers say.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Processes the match stage scans papers in (forked, for a large day); 1 keeps it in one.
     match_processes: int = Field(2, ge=1, le=64)
@@ -154,7 +167,27 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("web_post_rate_limit", "web_check_rate_limit")
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{proxy!r} is not an IP address or network such as 10.0.0.0/8") from exc
+        return value
+
+    @field_validator("web_post_rate_limit", "web_check_rate_limit", "web_confirm_mailbox_rate_limit",
+                     "web_confirm_domain_rate_limit", "web_confirm_client_rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         from limits import parse_many
@@ -180,22 +213,38 @@ class Settings(BaseSettings):
         """Whether outgoing mail is DKIM-signed."""
         return self.dkim_key_file is not None and bool(self.dkim_selector) and bool(self.dkim_domain)
 
-    @model_validator(mode="after")
-    def _refuse_placeholder_secret(self) -> Settings:
-        if self.environment == "production":
-            key = (self.secret_key or "").strip()
-            if not key or key.lower() in _PLACEHOLDER_SECRETS or len(key) < 16:
-                raise ValueError(
-                    "NEWSLETTER_SECRET_KEY must be set to a random value of 16+ characters "
-                    "in production"
-                )
-        return self
+    @field_validator("secret_key")
+    @classmethod
+    def _refuse_weak_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not a model one), so the error names NEWSLETTER_SECRET_KEY.
+        if info.data.get("environment") == "production":
+            weakness = secret_weakness(value)
+            if weakness:
+                raise ValueError(f"{weakness}; in production set it to a random value, e.g. the output of "
+                                 'python -c "import secrets; print(secrets.token_urlsafe(32))"')
+        return value
 
     @property
     def feed_url(self) -> str:
         """The announcement feed URL for the configured categories."""
         base = self.arxiv_feed_url if self.arxiv_feed_url.endswith("/") else self.arxiv_feed_url + "/"
         return base + "+".join(self.categories)
+
+
+def secret_weakness(secret: str | None) -> str | None:
+    """Why a signing secret is unfit for production (missing, short, low in entropy, a placeholder), or None."""
+    key = (secret or "").strip()
+    if not key:
+        return "the secret key is not set"
+    if len(key) < MIN_SECRET_LENGTH:
+        return f"the secret key has {len(key)} characters, fewer than {MIN_SECRET_LENGTH}"
+    lowered = key.lower()
+    placeholder = next((word for word in _PLACEHOLDER_WORDS if word in lowered), None)
+    if placeholder:
+        return f"the secret key contains {placeholder!r}, so it looks like a placeholder"
+    if len(set(key)) < MIN_SECRET_DISTINCT_CHARACTERS:
+        return f"the secret key uses only {len(set(key))} distinct characters, too few to be random"
+    return None
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ def compose_digest(
 ) -> Digest:
     """The subscriber's digest for `day`: their signed links, and the papers selected with translations."""
     assert subscriber.id is not None
-    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat())
+    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat(), subscriber.generation)
     return load_digest(session, subscriber, day, links)
 
 

@@ -59,10 +59,31 @@ class Subscriber(SQLModel, table=True):
     unsubscribed_at: dt.datetime | None = None
     confirmation_sent_at: dt.datetime | None = None
     consecutive_hard_failures: int = 0
+    # Raised when the subscriber leaves and when a confirmation is mailed to someone not subscribed:
+    # links carry the generation they were made in, so one from before is void after.
+    generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # A change asked for through the public form, applied only when the mailbox confirms it
+    # (its keywords are the subscriber's PendingKeyword rows).
+    pending_language: str | None = Field(default=None, max_length=16)
+    pending_timezone: str | None = Field(default=None, max_length=64)
 
 
 class SubscriberKeyword(SQLModel, table=True):
     __tablename__ = "subscriber_keyword"
+    __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    position: int
+    expression: str = Field(max_length=200)
+
+
+class PendingKeyword(SQLModel, table=True):
+    """A keyword of a change that waits for the mailbox's confirmation."""
+
+    __tablename__ = "pending_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -9,21 +9,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlalchemy import delete, func, select
 from sqlmodel import Session, col
 
 from newsletter.account_mail import already_subscribed_mail, confirmation_mail
 from newsletter.config import Settings, get_settings
 from newsletter.keywords import MAX_KEYWORDS, KeywordSyntaxError, parse_keyword
-from newsletter.models import Subscriber, SubscriberKeyword, SubscriberStatus, utcnow
+from newsletter.models import PendingKeyword, Subscriber, SubscriberKeyword, SubscriberStatus, table_of, utcnow
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose, TokenClaims
 
 if TYPE_CHECKING:  # the CLI's `subscribe` should not load the mail transports
@@ -70,6 +70,7 @@ class ProblemCode(StrEnum):
     EMAIL_DOMAIN = "email_domain"  # detail: something after the @-sign is wrong
     EMAIL_TRAILING_TEXT = "email_trailing_text"  # detail: more than one address, or a display name
     EMAIL_INVALID = "email_invalid"  # detail
+    EMAIL_NOT_ASCII = "email_not_ascii"  # -: letters beyond ASCII before the @-sign (no SMTPUTF8 assumed)
     KEYWORD_SYNTAX = "keyword_syntax"  # line, column (1-based), message (English), syntax (the KeywordSyntaxError)
     KEYWORDS_NONE = "keywords_none"  # -
     KEYWORDS_TOO_MANY = "keywords_too_many"  # count, limit
@@ -95,6 +96,8 @@ DESCRIPTIONS = {
     ProblemCode.EMAIL_DOMAIN: "that email address is not valid: {detail}",
     ProblemCode.EMAIL_TRAILING_TEXT: "that email address is not valid: {detail}",
     ProblemCode.EMAIL_INVALID: "that email address is not valid: {detail}",
+    ProblemCode.EMAIL_NOT_ASCII: "addresses with letters beyond ASCII before the @-sign cannot be mailed from here "
+    "(the mail server is not assumed to speak SMTPUTF8)",
     ProblemCode.KEYWORD_SYNTAX: "keyword line {line}, position {column}: {message}",
     ProblemCode.KEYWORDS_NONE: "give at least one keyword",
     ProblemCode.KEYWORDS_TOO_MANY: "too many keywords: {count} given, at most {limit} allowed",
@@ -151,7 +154,11 @@ def _email_problem(raw: str) -> tuple[str, list[Problem]]:
         detail = str(exc)
         code = next((code for pattern, code in _EMAIL_MESSAGES if pattern.search(detail)), ProblemCode.EMAIL_INVALID)
         return "", [Problem(InputField.EMAIL, code, {"detail": detail})]
-    return (info.normalized.lower() if info.local_part.isascii() else info.normalized), []
+    if info.ascii_email is None:
+        # The confirmation could not be addressed: our transport sends ASCII headers only.
+        return "", [Problem(InputField.EMAIL, ProblemCode.EMAIL_NOT_ASCII)]
+    # An internationalized domain is stored in its ASCII (xn--) form, which mail headers can carry.
+    return info.ascii_email.lower(), []
 
 
 def normalize_email(raw: str) -> str:
@@ -182,7 +189,12 @@ def distinct_keywords(lines: Sequence[str]) -> list[str]:
 
 
 def keyword_problems(lines: Sequence[str]) -> list[Problem]:
-    """Every line that does not parse, with the line and character (1-based) where the problem is."""
+    """Too many keywords, or every line that does not parse, with the line and character (1-based) where."""
+    # Counted before anything is parsed: a long list is refused at the cost of a set of strings.
+    written = {line.strip().casefold() for line in lines} - {""}
+    if len(written) > MAX_KEYWORDS:
+        return [Problem(InputField.KEYWORDS, ProblemCode.KEYWORDS_TOO_MANY,
+                        {"count": len(written), "limit": MAX_KEYWORDS})]
     problems: list[Problem] = []
     for number, line in enumerate(lines, start=1):
         keyword = line.strip()
@@ -199,12 +211,9 @@ def keyword_problems(lines: Sequence[str]) -> list[Problem]:
 
 def _preference_problems(lines: Sequence[str], language: str, timezone: str) -> tuple[Preferences, list[Problem]]:
     problems = keyword_problems(lines)
-    keywords = distinct_keywords(lines)
+    keywords = [] if problems else distinct_keywords(lines)
     if not problems and not keywords:
         problems.append(Problem(InputField.KEYWORDS, ProblemCode.KEYWORDS_NONE))
-    if len(keywords) > MAX_KEYWORDS:
-        params = {"count": len(keywords), "limit": MAX_KEYWORDS}
-        problems.append(Problem(InputField.KEYWORDS, ProblemCode.KEYWORDS_TOO_MANY, params))
     language = language.strip().upper()
     if language not in LANGUAGES:
         problems.append(Problem(InputField.LANGUAGE, ProblemCode.LANGUAGE_UNKNOWN, {"language": language}))
@@ -283,7 +292,7 @@ def subscribe(
 
 
 def confirm(subscriber: Subscriber) -> None:
-    """Mark the subscription confirmed and active."""
+    """Mark the subscription confirmed and active (a pending change is applied by confirm_by_link)."""
     subscriber.status = SubscriberStatus.ACTIVE
     subscriber.confirmed_at = subscriber.confirmed_at or utcnow()
     subscriber.unsubscribed_at = None
@@ -291,9 +300,11 @@ def confirm(subscriber: Subscriber) -> None:
 
 
 def unsubscribe(subscriber: Subscriber) -> None:
-    """Stop all mail to this subscriber (their data stays until they delete it)."""
+    """Stop all mail to this subscriber (their data stays until they delete it); every earlier link is void."""
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = utcnow()
+    subscriber.generation += 1
+    subscriber.pending_language = subscriber.pending_timezone = None
 
 
 def delete_subscriber(session: Session, subscriber: Subscriber) -> None:
@@ -309,63 +320,171 @@ def delete_subscriber(session: Session, subscriber: Subscriber) -> None:
 
 
 class MailNotSent(SubscriptionError):
-    """The confirmation mail could not be handed to the mail server."""
+    """The confirmation mail could not be handed to the mail server (nothing was stored)."""
 
 
-def _claim_confirmation_slot(session: Session, subscriber_id: int) -> bool:
-    """Atomically take the right to mail this address now; False when one went out in the last 10 minutes."""
-    now = utcnow()
-    last_sent = col(Subscriber.confirmation_sent_at)
-    # SQLModel's Session.execute says Result; an UPDATE gives SQLAlchemy's CursorResult, which has rowcount.
-    claimed = cast(
-        "CursorResult[Any]",
-        session.execute(
-            update(Subscriber)
-            .where(
-                col(Subscriber.id) == subscriber_id, or_(last_sent.is_(None), last_sent < now - CONFIRMATION_INTERVAL)
-            )
-            .values(confirmation_sent_at=now)
-            .execution_options(synchronize_session=False)
-        ),
+class Outcome(StrEnum):
+    SENT = "sent"  # a confirmation (or, to a subscriber, their manage link) was handed to the mail server
+    ALREADY_SENT = "already_sent"  # one went out less than 10 minutes ago: none now
+    CAPPED = "capped"  # this mailbox, its domain or this client had its share of confirmation mails
+
+
+@dataclass(frozen=True)
+class SubscriptionAnswer:
+    """What became of a subscribe request, in words the page can say truthfully."""
+
+    email: str
+    outcome: Outcome
+    sent_at: dt.datetime | None = None
+
+    @property
+    def resend_after(self) -> dt.datetime | None:
+        """When another confirmation mail may be asked for (ALREADY_SENT)."""
+        return self.sent_at + CONFIRMATION_INTERVAL if self.sent_at else None
+
+
+# Whether one more confirmation mail may go to this address now (the web app's per-mailbox,
+# per-domain and per-client caps); the CLI and tests pass `always`.
+MailCap = Callable[[str], bool]
+
+
+def always(address: str) -> bool:
+    """No cap."""
+    return True
+
+
+def mailbox_of(address: str) -> str:
+    """The mailbox an address reaches: its local part without a +tag (victim+1@ and victim@ are one inbox)."""
+    local, _, domain = address.lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _insert_if_new(session: Session, request: SubscriptionRequest) -> bool:
+    """Insert the address as a pending subscriber unless it exists (also when a parallel request races us)."""
+    preferences = request.preferences
+    values = {"email": request.email, "language": preferences.language, "timezone": preferences.timezone,
+              "status": SubscriberStatus.PENDING.value, "created_at": utcnow(), "consecutive_hard_failures": 0,
+              "generation": 0}
+    statement = _insert_ignoring_conflict(session, values)
+    inserted = session.execute(statement).first()
+    if inserted is None:
+        return False
+    session.add_all(SubscriberKeyword(subscriber_id=inserted[0], position=position, expression=keyword)
+                    for position, keyword in enumerate(preferences.keywords))
+    return True
+
+
+def _insert_ignoring_conflict(session: Session, values: Mapping[str, object]) -> Any:
+    # INSERT .. ON CONFLICT DO NOTHING: a parallel submit of the same new address waits for ours, then skips.
+    table = table_of(Subscriber)
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
+
+
+def _locked_subscriber(session: Session, email: str) -> Subscriber:
+    """The subscriber row, locked until the transaction ends (one confirmation decision at a time)."""
+    query = (
+        select(Subscriber)
+        .where(func.lower(col(Subscriber.email)) == email.lower())
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
-    session.commit()
-    return claimed.rowcount == 1
+    return session.scalars(query).one()
+
+
+def store_pending_change(session: Session, subscriber: Subscriber, preferences: Preferences) -> None:
+    """Keep a change for the mailbox to confirm; its stored preferences stay as they are until then."""
+    assert subscriber.id is not None
+    subscriber.pending_language = preferences.language
+    subscriber.pending_timezone = preferences.timezone
+    session.execute(delete(PendingKeyword).where(col(PendingKeyword.subscriber_id) == subscriber.id))
+    session.add_all(
+        PendingKeyword(subscriber_id=subscriber.id, position=position, expression=keyword)
+        for position, keyword in enumerate(preferences.keywords)
+    )
+
+
+def _apply_pending_change(session: Session, subscriber: Subscriber) -> None:
+    if subscriber.pending_language is None or subscriber.pending_timezone is None:
+        return
+    pending = list(
+        session.scalars(
+            select(col(PendingKeyword.expression))
+            .where(col(PendingKeyword.subscriber_id) == subscriber.id)
+            .order_by(col(PendingKeyword.position))
+        )
+    )
+    subscriber.language, subscriber.timezone = subscriber.pending_language, subscriber.pending_timezone
+    subscriber.pending_language = subscriber.pending_timezone = None
+    session.execute(delete(PendingKeyword).where(col(PendingKeyword.subscriber_id) == subscriber.id))
+    session.flush()
+    replace_keywords(session, subscriber, pending)
 
 
 def _opt_in_mail(settings: Settings, signer: LinkSigner, subscriber: Subscriber, active: bool) -> EmailMessage:
+    generation = subscriber.generation
     if active:
-        link = f"{settings.base_url}/manage/{signer.make(Purpose.MANAGE, subscriber.public_id)}"
+        link = f"{settings.base_url}/manage/{signer.make(Purpose.MANAGE, subscriber.public_id, generation=generation)}"
         return already_subscribed_mail(settings, subscriber.email, link)
-    link = f"{settings.base_url}/confirm/{signer.make(Purpose.CONFIRM, subscriber.public_id)}"
+    link = f"{settings.base_url}/confirm/{signer.make(Purpose.CONFIRM, subscriber.public_id, generation=generation)}"
     return confirmation_mail(settings, subscriber.email, link)
 
 
 def request_subscription(
-    session: Session, settings: Settings, signer: LinkSigner, mail: MailBackend, form: Mapping[str, str]
-) -> str:
-    """Store a pending subscription from the form and mail its confirmation link (one mail per 10 minutes).
+    session: Session,
+    settings: Settings,
+    signer: LinkSigner,
+    mail: MailBackend,
+    form: Mapping[str, str],
+    may_mail: MailCap = always,
+) -> SubscriptionAnswer:
+    """Mail a confirmation link for the form's subscription (one mail per address per 10 minutes).
 
-    An address that is already subscribed keeps its preferences and is mailed its manage link
-    instead, so the page's answer never tells whether an address is known.
+    A new address is stored pending. For a known one that is not subscribed, the form's
+    preferences wait as a pending change that only the mailed link applies (each such mail
+    starts a new generation, so only the newest link confirms). A subscribed address keeps its
+    preferences and is mailed its manage link, so the answer never tells whether an address is
+    known. Everything happens in one transaction that ends after the mail is handed over: when
+    sending fails, nothing stays (no row, no 10-minute slot) and the reader may retry at once.
     """
     request = validate(form["email"], form["keywords"].splitlines(), form["language"], form["timezone"])
-    subscriber = find_subscriber(session, request.email)
-    active = subscriber is not None and subscriber.status in STAYING
-    if subscriber is None or not active:
-        preferences = request.preferences
-        subscriber = subscribe(session, request.email, preferences.keywords, preferences.language,
-                               preferences.timezone)
-        session.commit()
-    assert subscriber.id is not None
-    if not _claim_confirmation_slot(session, subscriber.id):
-        return request.email
+    session.rollback()  # a fresh transaction: the row lock below lasts until our commit
     try:
-        mail.send(_opt_in_mail(settings, signer, subscriber, active))
-    except Exception as exc:  # noqa: BLE001 - any transport failure: let them try again at once
-        session.execute(update(Subscriber).where(col(Subscriber.id) == subscriber.id).values(confirmation_sent_at=None))
-        session.commit()
-        raise MailNotSent(str(exc)) from exc
-    return request.email
+        created = _insert_if_new(session, request)
+        subscriber = _locked_subscriber(session, request.email)
+        last_sent = subscriber.confirmation_sent_at
+        now = utcnow()
+        if last_sent is not None and _aware(last_sent) > now - CONFIRMATION_INTERVAL:
+            session.rollback()
+            return SubscriptionAnswer(request.email, Outcome.ALREADY_SENT, _aware(last_sent))
+        if not may_mail(request.email):
+            session.rollback()
+            return SubscriptionAnswer(request.email, Outcome.CAPPED)
+        active = subscriber.status in STAYING
+        if not active and not created:
+            store_pending_change(session, subscriber, request.preferences)
+            subscriber.generation += 1
+        subscriber.confirmation_sent_at = now
+        session.flush()
+        message = _opt_in_mail(settings, signer, subscriber, active)
+        try:
+            mail.send(message)
+        except Exception as exc:  # noqa: BLE001 - any transport failure: nothing stays, they may retry at once
+            raise MailNotSent(str(exc)) from exc
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+    return SubscriptionAnswer(request.email, Outcome.SENT, now)
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,8 +492,9 @@ def request_subscription(
 # ---------------------------------------------------------------------------------------
 
 
-def subscriber_by_claims(session: Session, claims: TokenClaims) -> Subscriber:
-    """The subscriber a valid link names; InvalidToken("gone") when they no longer exist."""
+def subscriber_by_claims(session: Session, claims: TokenClaims, any_generation: bool = False) -> Subscriber:
+    """The subscriber a valid link names; InvalidToken("gone") when they no longer exist, "stale" when the
+    link is from an earlier generation (before an unsubscribe or a newer confirmation mail)."""
     if claims.public_id is not None:
         subscriber = session.scalars(select(Subscriber).where(col(Subscriber.public_id) == claims.public_id)).first()
     else:
@@ -385,12 +505,21 @@ def subscriber_by_claims(session: Session, claims: TokenClaims) -> Subscriber:
             subscriber = None
     if subscriber is None:
         raise InvalidToken("This link belongs to a subscription that no longer exists.", "gone")
+    if not any_generation and claims.generation != subscriber.generation:
+        raise InvalidToken("This link is no longer valid: the subscription changed after it was sent.", "stale")
     return subscriber
 
 
-def subscriber_by_link(session: Session, signer: LinkSigner, token: str, purpose: Purpose) -> Subscriber:
+def subscriber_by_link(
+    session: Session, signer: LinkSigner, token: str, purpose: Purpose, any_generation: bool = False
+) -> Subscriber:
     """The subscriber a link for `purpose` names; InvalidToken otherwise."""
-    return subscriber_by_claims(session, signer.read(token, purpose))
+    return subscriber_by_claims(session, signer.read(token, purpose), any_generation)
+
+
+def link_for(signer: LinkSigner, purpose: Purpose, subscriber: Subscriber) -> str:
+    """A token for `purpose` in the subscriber's current generation."""
+    return signer.make(purpose, subscriber.public_id, generation=subscriber.generation)
 
 
 def keywords_of(session: Session, subscriber: Subscriber) -> list[str]:
@@ -404,18 +533,43 @@ def keywords_of(session: Session, subscriber: Subscriber) -> list[str]:
     )
 
 
-def confirmable(subscriber: Subscriber) -> bool:
-    """Whether a confirmation link may still act: not after the subscriber left."""
-    return subscriber.status not in LEFT
+def pending_keywords_of(session: Session, subscriber: Subscriber) -> list[str]:
+    """The keywords of the change waiting for confirmation, in their order."""
+    return list(
+        session.scalars(
+            select(col(PendingKeyword.expression))
+            .where(col(PendingKeyword.subscriber_id) == subscriber.id)
+            .order_by(col(PendingKeyword.position))
+        )
+    )
 
 
-def confirm_by_link(session: Session, signer: LinkSigner, token: str) -> Subscriber:
-    """Activate the subscription a confirmation link names (a second click changes nothing)."""
+def pending_change_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[Subscriber, Preferences]:
+    """The subscriber a confirmation link names, with the preferences confirming leaves in force."""
     subscriber = subscriber_by_link(session, signer, token, Purpose.CONFIRM)
-    if subscriber.status == SubscriberStatus.PENDING:
-        confirm(subscriber)
-        session.commit()
-    return subscriber
+    if subscriber.pending_language is not None and subscriber.pending_timezone is not None:
+        change = Preferences(pending_keywords_of(session, subscriber), subscriber.pending_language,
+                             subscriber.pending_timezone)
+    else:
+        change = Preferences(keywords_of(session, subscriber), subscriber.language, subscriber.timezone)
+    return subscriber, change
+
+
+def already_confirmed(subscriber: Subscriber) -> bool:
+    """Whether a (current) confirmation link has nothing left to do: subscribed, no change waiting."""
+    return subscriber.status in STAYING and subscriber.pending_language is None
+
+
+def confirm_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[Subscriber, bool]:
+    """Activate the subscription a confirmation link names, applying the change it confirms; and whether
+    this click did it (False: it was confirmed already, and nothing changed)."""
+    subscriber = subscriber_by_link(session, signer, token, Purpose.CONFIRM)
+    if already_confirmed(subscriber):
+        return subscriber, False
+    _apply_pending_change(session, subscriber)
+    confirm(subscriber)
+    session.commit()
+    return subscriber, True
 
 
 def change_by_link(session: Session, signer: LinkSigner, token: str, form: Mapping[str, str], paused: bool) -> None:
@@ -431,8 +585,8 @@ def change_by_link(session: Session, signer: LinkSigner, token: str, form: Mappi
 
 
 def unsubscribe_by_link(session: Session, signer: LinkSigner, token: str) -> Subscriber:
-    """Unsubscribe the subscriber an unsubscribe link names."""
-    subscriber = subscriber_by_link(session, signer, token, Purpose.UNSUBSCRIBE)
+    """Unsubscribe the subscriber an unsubscribe link names, from any generation (leaving is always allowed)."""
+    subscriber = subscriber_by_link(session, signer, token, Purpose.UNSUBSCRIBE, any_generation=True)
     if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
         unsubscribe(subscriber)
         session.commit()
@@ -440,7 +594,7 @@ def unsubscribe_by_link(session: Session, signer: LinkSigner, token: str) -> Sub
 
 
 def resubscribe_by_link(session: Session, signer: LinkSigner, token: str) -> Subscriber:
-    """Undo an unsubscribe from the same link, for someone who had confirmed before."""
+    """Undo an unsubscribe from the link the unsubscribed page gives, for someone who had confirmed before."""
     subscriber = subscriber_by_link(session, signer, token, Purpose.UNSUBSCRIBE)
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED and subscriber.confirmed_at is not None:
         confirm(subscriber)

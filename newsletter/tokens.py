@@ -1,4 +1,4 @@
-"""Signed links: each token names one subscriber (by public ID) and one purpose, and expires."""
+"""Signed links: each token names one subscriber (by public ID), a purpose and a generation, and expires."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ class TokenClaims:
     subscriber_id: int | None = None
     extra: str = ""
     issued_at: dt.datetime | None = None
+    # The subscriber's generation when the link was made (links from before generations: 0).
+    generation: int = 0
 
     def predates(self, created_at: dt.datetime) -> bool:
         """Whether the token was signed before a row created at `created_at` existed (so it names another one)."""
@@ -85,9 +87,12 @@ class LinkSigner:
     def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="arxiv-digest-links")
 
-    def make(self, purpose: Purpose, public_id: str, extra: str = "") -> str:
-        """A token for `purpose` bound to the subscriber's public ID (and e.g. a day for the archive)."""
-        return self._serializer.dumps({"p": purpose.value, "s": public_id, "x": extra})
+    def make(self, purpose: Purpose, public_id: str, extra: str = "", generation: int = 0) -> str:
+        """A token for `purpose` bound to the subscriber's public ID and generation (and e.g. a day for the archive)."""
+        claims: dict[str, object] = {"p": purpose.value, "s": public_id, "x": extra}
+        if generation:
+            claims["g"] = generation
+        return self._serializer.dumps(claims)
 
     def read(self, token: str, purpose: Purpose, max_age: int | None = None) -> TokenClaims:
         """The claims of a valid token for `purpose`; InvalidToken otherwise."""
@@ -101,11 +106,14 @@ class LinkSigner:
             raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
         if not isinstance(data, dict) or data.get("p") != purpose.value or not isinstance(data.get("s"), str | int):
             raise InvalidToken("This link is not valid for this page.", "wrong_page")
-        subscriber, extra = data["s"], str(data.get("x", ""))
+        subscriber, extra, generation = data["s"], str(data.get("x", "")), data.get("g", 0)
+        if not isinstance(generation, int):
+            raise InvalidToken("This link is not valid for this page.", "wrong_page")
         # Links mailed before public IDs carry the row ID; they stay valid until they expire (a year).
         if isinstance(subscriber, int):
-            return TokenClaims(public_id=None, subscriber_id=subscriber, extra=extra, issued_at=signed_at)
-        return TokenClaims(public_id=subscriber, extra=extra, issued_at=signed_at)
+            return TokenClaims(public_id=None, subscriber_id=subscriber, extra=extra, issued_at=signed_at,
+                               generation=generation)
+        return TokenClaims(public_id=subscriber, extra=extra, issued_at=signed_at, generation=generation)
 
 
 @dataclass(frozen=True)
@@ -115,10 +123,12 @@ class SubscriberLinks:
     archive: str
 
 
-def subscriber_links(signer: LinkSigner, base_url: str, public_id: str, day: str) -> SubscriberLinks:
-    """The links every digest carries, for the subscriber with `public_id`."""
+def subscriber_links(
+    signer: LinkSigner, base_url: str, public_id: str, day: str, generation: int = 0
+) -> SubscriberLinks:
+    """The links every digest carries, for the subscriber with `public_id` in its current `generation`."""
     return SubscriberLinks(
-        manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, public_id)}",
-        unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, public_id)}",
-        archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, public_id, day)}",
+        manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, public_id, generation=generation)}",
+        unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, public_id, generation=generation)}",
+        archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, public_id, day, generation)}",
     )

@@ -19,6 +19,7 @@ from newsletter.keywords import (
     Match,
     Or,
     PaperText,
+    SyntaxProblem,
     ProfileError,
     fold_text,
     highlight_spans,
@@ -266,7 +267,21 @@ def test_syntax_errors_say_what_and_where(keyword: str, message: str, position: 
     with pytest.raises(KeywordSyntaxError) as raised:
         parse_keyword(keyword)
     assert (raised.value.message, raised.value.position) == (message, position)
-    assert str(raised.value) == f"{message} at position {position}"
+    # Counted from 1 in what people read, as on the web page.
+    assert str(raised.value) == f"{message} at character {position + 1}"
+
+
+@pytest.mark.parametrize("keyword", ["a\x00b", "robot\x1b[31m", "graph\x7f", "ti:(a\x0bb)", "x\x85y", "bad\ud800"])
+def test_a_control_character_in_a_keyword_is_refused_with_where_it_is(keyword: str) -> None:
+    with pytest.raises(KeywordSyntaxError) as raised:
+        parse_keyword(keyword)
+    assert raised.value.problem == SyntaxProblem.CONTROL_CHARACTER
+    assert keyword[raised.value.position] == chr(int(str(raised.value.params["character"])[2:], 16))
+    assert "control character U+" in str(raised.value)
+
+
+def test_a_tab_inside_a_keyword_is_a_space_not_a_control_character() -> None:
+    assert matches("graph\tneural network", title="Graph neural network")
 
 
 def test_a_colon_after_a_plain_word_is_not_a_field() -> None:
@@ -286,11 +301,11 @@ def test_profile_errors_name_each_bad_line_and_the_limit() -> None:
     with pytest.raises(ProfileError) as raised:
         validate_profile(lines)
     assert raised.value.problems == [
-        (2, "unbalanced parenthesis at position 0"),
-        (3, "operator AND needs a term after it at position 3"),
+        (2, "unbalanced parenthesis at character 1"),
+        (3, "operator AND needs a term after it at character 4"),
         (None, "too many keywords: 21 given, at most 20 allowed"),
     ]
-    assert "line 2: unbalanced parenthesis at position 0" in str(raised.value)
+    assert "line 2: unbalanced parenthesis at character 1" in str(raised.value)
 
 
 def test_twenty_keywords_are_fine() -> None:

@@ -42,6 +42,7 @@ class SyntaxProblem(StrEnum):
     NO_LETTERS = "no_letters"
     SHORT_PREFIX = "short_prefix"
     UNREADABLE = "unreadable"
+    CONTROL_CHARACTER = "control_character"
 
 
 # The parser's words for each problem, in English; newsletter/web/i18n.py has the other languages.
@@ -64,6 +65,7 @@ SYNTAX_MESSAGES = {
     SyntaxProblem.NO_LETTERS: "term '{term}' has no letters or digits",
     SyntaxProblem.SHORT_PREFIX: "prefix '{term}' is too short, use at least {limit} letters before *",
     SyntaxProblem.UNREADABLE: "unreadable keyword ({detail})",
+    SyntaxProblem.CONTROL_CHARACTER: "invisible control character {character} is not allowed",
 }
 
 
@@ -75,7 +77,8 @@ class KeywordSyntaxError(ValueError):
         self.params = params
         self.message = SYNTAX_MESSAGES[problem].format(**params)  # in English
         self.position = position
-        super().__init__(f"{self.message} at position {position}")
+        # Counted from 1, as the pages and the CLI show it.
+        super().__init__(f"{self.message} at character {position + 1}")
 
 
 class ProfileError(ValueError):
@@ -130,6 +133,8 @@ _QUOTES = '"\u201c\u201d'
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
 # Anything that makes a keyword more than a plain phrase.
 _SYNTAX = re.compile(r"[()\"\u201c\u201d:*]|(?<!\S)(?:AND|OR|ANDNOT|NOT)(?!\S)")
+# C0 and C1 controls but tab, and surrogates (unencodable, so never from a real form).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 _CATEGORY = re.compile(r"[a-z][a-z-]*(?:\.[a-z][a-z-]*)?")
 _CATEGORY_PREFIX = re.compile(r"[a-z][a-z-]*(?:\.(?:[a-z][a-z-]*)?)?")
 
@@ -303,10 +308,21 @@ def _phrase_term(scope: str, display: str, start: int) -> Term:
     return Term(scope, pattern.text, prefix, pattern.breaks, text=display)
 
 
+def control_character_at(text: str) -> int | None:
+    """Where the first control character (NUL, ESC, DEL, a lone surrogate...) of `text` is, if any; tabs pass."""
+    # PostgreSQL refuses NUL in text, and none of these is ever typed on purpose.
+    found = _CONTROL.search(text)
+    return found.start() if found else None
+
+
 def parse_keyword(keyword: str) -> Expr:
     """Parse one keyword into its expression tree, or raise KeywordSyntaxError."""
     if len(keyword) > MAX_KEYWORD_LENGTH:
         raise KeywordSyntaxError(SyntaxProblem.TOO_LONG, MAX_KEYWORD_LENGTH, limit=MAX_KEYWORD_LENGTH)
+    control = control_character_at(keyword)
+    if control is not None:
+        character = f"U+{ord(keyword[control]):04X}"
+        raise KeywordSyntaxError(SyntaxProblem.CONTROL_CHARACTER, control, character=character)
     if not keyword.strip():
         raise KeywordSyntaxError(SyntaxProblem.EMPTY, 0)
     if not _SYNTAX.search(keyword):  # a plain phrase, as most keywords are

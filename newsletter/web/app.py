@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from newsletter.config import TEMPLATES_DIR, Settings, get_settings
 from newsletter.db import engine_for
@@ -36,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # task group's ExceptionGroup, and FastAPI would answer 400 instead of 413.
     app.add_middleware(BodySizeLimit, max_bytes=settings.web_max_body_bytes)
     add_page_context(app, secure_cookies=settings.base_url.startswith("https://"))
+    if settings.trusted_proxies:
+        # Outermost: the rate limits count the client the trusted proxy names, not the proxy.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.mount("/static", StaticFiles(directory=str(TEMPLATES_DIR / "web" / "static")), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -17,7 +17,7 @@ from newsletter.delivery import MailBackend, make_backend
 from newsletter.tokens import LinkSigner, signing_key
 from newsletter.web.i18n import Translator
 from newsletter.web.preview import RecentPapers
-from newsletter.web.security import CSRF_COOKIE, CSRF_FIELD, CsrfError, CsrfGuard, RateLimiter
+from newsletter.web.security import CSRF_COOKIE, CSRF_FIELD, ConfirmationCaps, CsrfError, CsrfGuard, RateLimiter
 
 ONE_CLICK_BODY = ("List-Unsubscribe", "One-Click")
 
@@ -117,8 +117,19 @@ class Rejected(Exception):
 
 
 def client_address(request: Request) -> str:
-    """The address requests are counted by."""
+    """The address requests are counted by: the connection's, or the one a trusted proxy names (create_app)."""
     return request.client.host if request.client else "unknown"
+
+
+def confirmation_caps(request: Request, services: ServicesDep) -> ConfirmationCaps:
+    """The caps on confirmation mails for this request's client."""
+    settings = services.settings
+    limits = (settings.web_confirm_mailbox_rate_limit, settings.web_confirm_domain_rate_limit,
+              settings.web_confirm_client_rate_limit)
+    return ConfirmationCaps(services.limiter, limits, client_address(request))
+
+
+CapsDep = Annotated[ConfirmationCaps, Depends(confirmation_caps)]
 
 
 async def guard_post(request: Request, services: ServicesDep) -> None:

@@ -27,6 +27,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "examples": "Examples",
         "language": "Digest language",
         "language_help": "Titles and abstracts are translated into this language, beside the English.",
+        "language_help_english": "The digest is in English only: nothing is translated.",
         "timezone": "Time zone",
         "timezone_help": "Dates in the digest are shown in this time zone.",
         "subscribe_button": "Subscribe",
@@ -40,6 +41,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "check_inbox_title": "Check your inbox",
         "check_inbox": "If {email} can receive mail, a message with a confirmation link is on its way. "
         "The link is valid for 7 days. Nothing is sent until you confirm.",
+        "already_sent_title": "A message is on its way already",
+        "already_sent": "A message with the link for {email} was sent at {time} ({zone}). If it has not arrived, "
+        "look in your spam folder. You can ask for a new one after {resend}.",
+        "capped_title": "No more mail for now",
+        "capped": "Several confirmation mails went to this mailbox, its domain or from your connection within "
+        "the last hour, so no more is sent for now. Nothing was changed. Please try again later.",
         "mail_failed_title": "Mail could not be sent",
         "mail_failed": "We could not send the confirmation mail just now. Please try again in a few minutes.",
         "confirm_title": "Confirm your subscription",
@@ -47,8 +54,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "confirm_button": "Confirm my subscription",
         "confirmed_title": "Subscription confirmed",
         "confirmed": "{email} will receive the next digest.",
-        "confirm_stale": "This confirmation link is no longer valid: the subscription was ended afterwards. "
-        "Subscribe again to get a new link.",
+        "confirm_changes": "These preferences take effect when you confirm:",
+        "already_confirmed_title": "Already confirmed",
+        "already_confirmed": "{email} is subscribed already: this link has nothing left to do.",
         "manage_title": "Your digest preferences",
         "manage_for": "Preferences for {email}",
         "pause": "Pause the digest (keep my keywords)",
@@ -66,6 +74,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "unsubscribe_title": "Unsubscribe",
         "unsubscribe_text": "Stop sending the arXiv digest to {email}?",
         "unsubscribe_button": "Unsubscribe",
+        "manage_unsubscribe_title": "Stop the digest",
+        "manage_unsubscribe_text": "One click stops every digest to {email}. Your keywords stay, so you can "
+        "undo it on the next page.",
+        "after_unsubscribe_link": "Your preferences, or delete your data",
         "unsubscribed_title": "You are unsubscribed",
         "unsubscribed": "{email} will receive no more digests.",
         "resubscribe_button": "I changed my mind: subscribe again",
@@ -78,6 +90,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "link_wrong_page": "This link is not valid for this page.",
         "link_gone": "This link belongs to a subscription that no longer exists.",
         "link_other_day": "This link is not valid for this day.",
+        "link_stale": "This link is no longer valid: the subscription changed after it was sent (an unsubscribe, "
+        "or a newer mail). Subscribe again to get a new link.",
         "bad_link_help": "Nothing was changed. Use the newest link from your mail, or subscribe again.",
         "no_digest_title": "No digest for this day",
         "no_digest": "No digest was sent to you for this announcement day.",
@@ -99,6 +113,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "email_domain": "This email address is not valid: {detail}",
         "email_trailing_text": "This email address is not valid: {detail}",
         "email_invalid": "This email address is not valid: {detail}",
+        "email_not_ascii": "This email address cannot be used: letters beyond ASCII before the @-sign cannot be "
+        "mailed from this site. Please use another address.",
         "keyword_syntax": "Line {line}, character {column}: {message}",
         "keywords_none": "Give at least one keyword.",
         "keywords_too_many": "Too many keywords: {count} given, at most {limit} allowed.",
@@ -122,6 +138,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "examples": "示例",
         "language": "译文语言",
         "language_help": "标题和摘要会翻译成这种语言，与英文并列显示。",
+        "language_help_english": "速递只有英文，不做翻译。",
         "timezone": "时区",
         "timezone_help": "邮件中的日期按此时区显示。",
         "subscribe_button": "订阅",
@@ -135,6 +152,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "check_inbox_title": "请查收邮件",
         "check_inbox": "如果 {email} 能够接收邮件，一封带确认链接的邮件正在发送中。链接 7 天内有效。"
         "确认之前我们不会发送任何速递。",
+        "already_sent_title": "邮件已经发出",
+        "already_sent": "已于 {time}（{zone}）向 {email} 发送了一封带链接的邮件。如未收到，请查看垃圾邮件文件夹。"
+        "{resend} 之后可以重新申请。",
+        "capped_title": "暂时不再发送邮件",
+        "capped": "过去一小时内已向此邮箱、其域名或从您的网络发送了多封确认邮件，暂时不再发送。"
+        "没有做任何更改。请稍后再试。",
         "mail_failed_title": "邮件发送失败",
         "mail_failed": "暂时无法发送确认邮件，请几分钟后再试。",
         "confirm_title": "确认订阅",
@@ -142,7 +165,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "confirm_button": "确认订阅",
         "confirmed_title": "订阅已确认",
         "confirmed": "{email} 将收到下一期速递。",
-        "confirm_stale": "此确认链接已失效：该订阅之后已被退订。请重新订阅以获取新链接。",
+        "confirm_changes": "确认后以下设置生效：",
+        "already_confirmed_title": "已经确认",
+        "already_confirmed": "{email} 已经订阅，此链接无需再操作。",
         "manage_title": "订阅设置",
         "manage_for": "{email} 的订阅设置",
         "pause": "暂停发送（保留关键词）",
@@ -159,6 +184,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "unsubscribe_title": "退订",
         "unsubscribe_text": "不再向 {email} 发送 arXiv 每日速递?",
         "unsubscribe_button": "退订",
+        "manage_unsubscribe_title": "停止接收速递",
+        "manage_unsubscribe_text": "点击一次即停止向 {email} 发送任何速递。关键词会保留，您可以在下一页撤销。",
+        "after_unsubscribe_link": "订阅设置，或删除我的数据",
         "unsubscribed_title": "您已退订",
         "unsubscribed": "{email} 将不再收到速递。",
         "resubscribe_button": "我改主意了：重新订阅",
@@ -171,6 +199,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "link_wrong_page": "此链接不适用于此页面。",
         "link_gone": "此链接对应的订阅已不存在。",
         "link_other_day": "此链接不适用于这一天。",
+        "link_stale": "此链接已失效：发送之后订阅有了变化（已退订，或有更新的邮件）。请重新订阅以获取新链接。",
         "bad_link_help": "没有做任何更改。请使用邮件中最新的链接，或重新订阅。",
         "no_digest_title": "这一天没有速递",
         "no_digest": "这个公告日没有向您发送速递。",
@@ -190,6 +219,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "email_domain": "邮箱地址无效：@ 之后的域名部分有误。",
         "email_trailing_text": "邮箱地址无效：地址后面还有多余的内容，请只填写一个地址。",
         "email_invalid": "邮箱地址无效，请检查后重新填写。",
+        "email_not_ascii": "无法使用此邮箱地址：@ 之前含有非 ASCII 字符，本站无法向其发送邮件。请换一个地址。",
         "keyword_syntax": "第 {line} 行，第 {column} 个字符：{message}",
         "keywords_none": "请至少填写一个关键词。",
         "keywords_too_many": "关键词过多：填写了 {count} 个，最多 {limit} 个。",
@@ -222,6 +252,7 @@ KEYWORD_MESSAGES = {
         SyntaxProblem.NO_LETTERS: "词语 '{term}' 不含字母或数字",
         SyntaxProblem.SHORT_PREFIX: "前缀 '{term}' 太短，* 前至少需要 {limit} 个字母",
         SyntaxProblem.UNREADABLE: "无法读取的关键词（{detail}）",
+        SyntaxProblem.CONTROL_CHARACTER: "不允许使用不可见的控制字符 {character}",
     }
 }
 

@@ -51,6 +51,29 @@ class CsrfGuard:
             raise CsrfError("CSRF field does not match the cookie")
 
 
+class ConfirmationCaps:
+    """Caps on confirmation mails per mailbox (its +tag removed), per domain and per client (a MailCap)."""
+
+    def __init__(self, limiter: RateLimiter, limits: tuple[str, str, str], client: str) -> None:
+        self._limiter = limiter
+        self._mailbox_limit, self._domain_limit, self._client_limit = (parse(limit) for limit in limits)
+        self._client = client
+
+    def __call__(self, address: str) -> bool:
+        """Whether one more confirmation may go to `address`; counts it when it may."""
+        from newsletter.subscribers import mailbox_of
+
+        counters = [
+            (self._mailbox_limit, "confirm-mailbox", mailbox_of(address)),
+            (self._domain_limit, "confirm-domain", address.rpartition("@")[2].lower()),
+            (self._client_limit, "confirm-client", self._client),
+        ]
+        # Tested before any is counted, so a refusal by one cap does not use up the others.
+        if not all(self._limiter.test(limit, action, key) for limit, action, key in counters):
+            return False
+        return all(self._limiter.hit(limit, action, key).allowed for limit, action, key in counters)
+
+
 @dataclass(frozen=True)
 class RateVerdict:
     allowed: bool
@@ -68,6 +91,11 @@ class RateLimiter:
         self.storage: Storage = storage
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._prefix = prefix
+
+    def test(self, limit: str | RateLimitItem, action: str, client: str) -> bool:
+        """Whether one more request by `client` for `action` would be allowed (counts nothing)."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        return self._limiter.test(item, self._prefix, action, client)
 
     def hit(self, limit: str | RateLimitItem, action: str, client: str) -> RateVerdict:
         """Count one request by `client` for `action`; refused once over the limit."""

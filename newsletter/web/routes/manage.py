@@ -7,8 +7,8 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from newsletter.models import SubscriberStatus
-from newsletter.subscribers import InvalidInput, change_by_link, delete_by_link, preferences_by_link
-from newsletter.tokens import InvalidToken, LinkSigner
+from newsletter.subscribers import InvalidInput, change_by_link, delete_by_link, link_for, preferences_by_link
+from newsletter.tokens import InvalidToken, LinkSigner, Purpose
 from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep
 from newsletter.web.forms import DeleteForm, ManageForm
 from newsletter.web.pages import bad_link, field_errors, keyword_preview, message, page
@@ -28,7 +28,8 @@ def manage_page(
               "paused": subscriber.status == SubscriberStatus.PAUSED}
     form = {**stored, **context.pop("form", {})}  # type: ignore[dict-item]
     return page(request, "manage.html", status_code, token=token, email=subscriber.email,
-                status=str(subscriber.status), form=form, **context)
+                status=str(subscriber.status), form=form,
+                unsubscribe_token=link_for(signer, Purpose.UNSUBSCRIBE, subscriber), **context)
 
 
 @router.get("/manage/{token}", response_class=HTMLResponse)

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
 from newsletter.subscribers import InvalidInput, MailNotSent, request_subscription
-from newsletter.web.deps import Guarded, MailDep, PageLanguage, SessionDep, SettingsDep, SignerDep
+from newsletter.web.deps import CapsDep, Guarded, MailDep, PageLanguage, SessionDep, SettingsDep, SignerDep
 from newsletter.web.forms import SubscribeForm
-from newsletter.web.pages import field_errors, keyword_preview, message, page
+from newsletter.web.pages import field_errors, keyword_preview, message, page, subscription_answer
 
 router = APIRouter()
 
@@ -28,16 +28,16 @@ def subscribe_form(request: Request, settings: SettingsDep) -> HTMLResponse:
 @router.post("/subscribe", response_class=HTMLResponse, dependencies=[Guarded])
 def subscribe(
     request: Request, session: SessionDep, settings: SettingsDep, signer: SignerDep, mail: MailDep,
-    t: PageLanguage, form: Annotated[SubscribeForm, Form()],
+    caps: CapsDep, t: PageLanguage, form: Annotated[SubscribeForm, Form()],
 ) -> HTMLResponse:
     """Store a pending subscription and mail the link; or, for "Check keywords", show the counts."""
     if form.action == "preview":
         return subscribe_page(request, form.fields(), **keyword_preview(request, session, form.lines))
     try:
-        address = request_subscription(session, settings, signer, mail, form.fields())
+        answer = request_subscription(session, settings, signer, mail, form.fields(), caps)
     except InvalidInput as exc:
         return subscribe_page(request, form.fields(), 422, errors=field_errors(t, exc.problems))
     except MailNotSent:
         return message(request, 503, t("mail_failed_title"), t("mail_failed"))
-    # The same answer whether or not the address was known: no enumeration.
-    return message(request, 200, t("check_inbox_title"), t("check_inbox", email=address))
+    # The same answers whether or not the address was known: no enumeration.
+    return subscription_answer(request, answer, form.timezone)
