@@ -41,7 +41,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "check_inbox_title": "Check your inbox",
         "check_inbox": "If {email} can receive mail, a message with a confirmation link is on its way. "
         "The link is valid for 7 days. Nothing is sent until you confirm.",
-        "already_sent_title": "A message is on its way already",
+        "already_sent_title": "A message was sent already",
         "already_sent": "A message with the link for {email} was sent at {time} ({zone}). If it has not arrived, "
         "look in your spam folder. You can ask for a new one after {resend}.",
         "capped_title": "No more mail for now",

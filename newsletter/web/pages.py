@@ -34,7 +34,7 @@ KEYWORD_EXAMPLES = [
 def same_site_path(request: Request) -> str:
     """The request's path as a link that can only stay on this site."""
     # "//evil.example/" names another host, and so does a slash then a backslash (browsers read it as "//").
-    return quote("/" + request.url.path.lstrip("/\\"), safe="/")
+    return quote("/" + request.url.path.lstrip("/\\"), safe="/%")
 
 
 def page(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
