@@ -363,9 +363,15 @@ def test_the_live_check_and_the_preview_refuse_what_the_form_refuses(lite_settin
 
 
 def test_a_keyword_over_the_length_limit_is_refused_by_the_live_check(lite_settings: Settings) -> None:
-    check = Visitor(lite_settings).get("/api/keywords", params={"keywords": "robot " * 40}).json()
+    visitor = Visitor(lite_settings)
+
+    check = visitor.get("/api/keywords", params={"keywords": "robot " * 40}).json()
+    huge = visitor.get("/api/keywords", params={"keywords": "robot\n" * 2000})
 
     assert check["valid"] is False and "longer than 200 characters" in check["errors"][0]
+    assert huge.status_code == 422 and huge.json() == {
+        "valid": False, "errors": ["The keywords are longer than this site accepts."]
+    }
 
 
 @pytest.mark.parametrize("path", ["//evil.example/", "/\\evil.example/", "//evil.example//x", "/%2F%2Fevil.example/"])
@@ -587,3 +593,31 @@ def test_the_cli_counts_a_keyword_error_position_from_one_like_the_page(sqlite_u
     assert done.returncode != 0
     assert "position 1: unbalanced parenthesis" in done.stderr
     assert page["errors"] == ["Line 1, character 1: unbalanced parenthesis"]
+
+
+def test_the_generation_migration_agrees_with_the_models_and_keeps_existing_subscribers(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    from newsletter.db import make_engine
+    from newsletter.schema import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004_translation_rejections")
+        connection.execute(sa.text(
+            "INSERT INTO subscriber (public_id, email, language, timezone, status, created_at, "
+            "consecutive_hard_failures) VALUES ('p1', 'old@example.org', 'DE', 'UTC', 'active', CURRENT_TIMESTAMP, 0)"
+        ))
+        command.upgrade(config, "head")
+        assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
+        row = connection.execute(sa.text("SELECT generation, pending_language FROM subscriber")).one()
+        assert tuple(row) == (0, None)
+        command.downgrade(config, "0004_translation_rejections")
+        assert "pending_keyword" not in sa.inspect(connection).get_table_names()
+    engine.dispose()

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newsletter.web.deps import Rejected
@@ -77,9 +77,11 @@ async def http_error(request: Request, exc: Exception) -> HTMLResponse:
     return message(request, exc.status_code, t("error_title"), str(exc.detail))
 
 
-async def invalid_request(request: Request, exc: Exception) -> HTMLResponse:
-    """422 for a request FastAPI could not read (e.g. a field over its length)."""
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    """422 for a request FastAPI could not read (e.g. a field over its length); JSON for the live check."""
     t = Translator(request.state.lang)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"valid": False, "errors": [t("keywords_text_too_long")]}, status_code=422)
     return message(request, 422, t("error_title"), t("fix_errors"))
 
 
