@@ -621,3 +621,29 @@ def test_the_generation_migration_agrees_with_the_models_and_keeps_existing_subs
         command.downgrade(config, "0004_translation_rejections")
         assert "pending_keyword" not in sa.inspect(connection).get_table_names()
     engine.dispose()
+
+
+def test_the_chinese_page_explains_the_new_refusals_in_chinese(lite_settings: Settings) -> None:
+    visitor = Visitor(lite_settings, **{"Accept-Language": "zh-CN"})
+
+    keyword = visitor.subscribe("ada@example.org", "robotics\na\x00b")
+    address = visitor.subscribe("пример@example.org")
+
+    keyword_reason = re.search(r'id="keywords-error">(.*?)</p>', keyword.text, re.S)
+    address_reason = re.search(r'id="email-error">(.*?)</p>', address.text, re.S)
+    assert keyword_reason and keyword_reason.group(1) == "第 2 行，第 2 个字符：不允许使用不可见的控制字符 U+0000"
+    assert address_reason and "非 ASCII" in address_reason.group(1) and "beyond" not in address_reason.group(1)
+
+
+@given(st.text(alphabet=st.sampled_from("/\\%2Fa.:?#"), max_size=12))
+def test_the_language_links_path_is_always_on_this_site(path: str) -> None:
+    from starlette.requests import Request
+
+    from newsletter.web.pages import same_site_path
+
+    scope = {"type": "http", "method": "GET", "path": "/" + path, "raw_path": ("/" + path).encode(),
+             "query_string": b"", "headers": [], "scheme": "http", "server": ("testserver", 80)}
+    link = same_site_path(Request(scope))
+
+    assert link.startswith("/") and not link.startswith(("//", "/\\"))
+    assert "?" not in link and "#" not in link
