@@ -522,6 +522,12 @@ def link_for(signer: LinkSigner, purpose: Purpose, subscriber: Subscriber) -> st
     return signer.make(purpose, subscriber.public_id, generation=subscriber.generation)
 
 
+def _locked(session: Session, subscriber: Subscriber) -> Subscriber:
+    """The subscriber re-read and locked until commit: two saves at once would both replace the keywords."""
+    session.refresh(subscriber, with_for_update=True)
+    return subscriber
+
+
 def keywords_of(session: Session, subscriber: Subscriber) -> list[str]:
     """The subscriber's keywords in their order."""
     return list(
@@ -563,7 +569,7 @@ def already_confirmed(subscriber: Subscriber) -> bool:
 def confirm_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[Subscriber, bool]:
     """Activate the subscription a confirmation link names, applying the change it confirms; and whether
     this click did it (False: it was confirmed already, and nothing changed)."""
-    subscriber = subscriber_by_link(session, signer, token, Purpose.CONFIRM)
+    subscriber = _locked(session, subscriber_by_link(session, signer, token, Purpose.CONFIRM))
     if already_confirmed(subscriber):
         return subscriber, False
     _apply_pending_change(session, subscriber)
@@ -574,8 +580,8 @@ def confirm_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[S
 
 def change_by_link(session: Session, signer: LinkSigner, token: str, form: Mapping[str, str], paused: bool) -> None:
     """Change keywords, language, time zone or pause, through a manage link."""
-    subscriber = subscriber_by_link(session, signer, token, Purpose.MANAGE)
     preferences = validate_preferences(form["keywords"].splitlines(), form["language"], form["timezone"])
+    subscriber = _locked(session, subscriber_by_link(session, signer, token, Purpose.MANAGE))
     subscriber.language = preferences.language
     subscriber.timezone = preferences.timezone
     if subscriber.status in STAYING:

@@ -647,3 +647,35 @@ def test_the_language_links_path_is_always_on_this_site(path: str) -> None:
 
     assert link.startswith("/") and not link.startswith(("//", "/\\"))
     assert "?" not in link and "#" not in link
+
+
+def test_parallel_saves_of_the_manage_form_all_succeed_and_one_of_them_wins(
+    live_server: tuple[str, Settings], pg_engine: Engine
+) -> None:
+    base, settings = live_server
+    with Session(pg_engine) as db:
+        ada = add_subscriber(db, "ada@example.org", ["robotics"])
+    manage = f"/manage/{token(Purpose.MANAGE, ada)}"
+    with httpx.Client(base_url=base) as browser:
+        field = CSRF_INPUT.search(browser.get(manage).text)
+        assert field
+        cookies = dict(browser.cookies)
+    start = threading.Barrier(6)
+    answers: list[httpx.Response] = []
+
+    def save(number: int) -> None:
+        form = {"csrf_token": field.group(1), "keywords": f"topic {number}\nshared topic", "language": "DE",
+                "timezone": "UTC"}
+        with httpx.Client(base_url=base, cookies=cookies, timeout=30) as client:
+            start.wait()
+            answers.append(client.post(manage, data=form))
+
+    workers = [threading.Thread(target=save, args=(n,)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert sorted(answer.status_code for answer in answers) == [200] * 6
+    kept = keywords_of(settings, "ada@example.org")
+    assert kept[1:] == ["shared topic"] and kept[0] in {f"topic {n}" for n in range(6)}
