@@ -12,12 +12,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import DigestFrequency
-from newsletter.periods import is_due, parse_weekday, period_start
+from newsletter.periods import WEEKDAY_NAMES, is_due, parse_frequency, parse_weekday, period_start, weekday_name
 from newsletter.pipeline import production_transports, run_daily
 from newsletter.subscribers import DigestChoices, find_subscriber, subscribe
 from tests.conftest import make_settings
@@ -209,6 +211,38 @@ def test_a_paper_sent_monday_and_replaced_wednesday_is_listed_as_updated_not_sen
     assert "==== Updated ====" not in text_of(received(smtp_sink, "ada@example.org")[-1])
 
 
+def test_a_journal_reference_and_doi_gained_without_a_new_version_are_listed_once(
+    week: Week, smtp_sink: SmtpSink
+) -> None:
+    monday, tuesday = feed_days(dt.date(2026, 11, 23), 2)
+    first = paper(1, "Reinforcement learning for robots")
+    add(week.session, "ada@example.org", ["reinforcement learning"])
+    week.announce(monday, [(first, "new")])
+    published = paper(1, "Reinforcement learning for robots", journal_ref="Nature 600, 1 (2027)",
+                      doi="10.1038/s41586-027-00001-x")
+
+    week.announce(tuesday, [(paper(2, "Reinforcement learning in games"), "new"), (published, "replace")])
+
+    updated = text_of(received(smtp_sink, "ada@example.org")[-1]).split("==== Updated ====")[1]
+    assert "journal reference: Nature 600, 1 (2027)" in updated
+    assert "DOI: 10.1038/s41586-027-00001-x" in updated and "https://doi.org/10.1038/s41586-027-00001-x" in updated
+    assert "new version" not in updated
+
+
+def test_a_weekly_subscriber_who_asked_for_it_gets_the_note_for_a_week_without_matches(
+    week: Week, smtp_sink: SmtpSink
+) -> None:
+    add(week.session, "ada@example.org", ["quantum chromodynamics"], frequency="weekly", weekday="wed",
+        empty_day_note=True)
+    days = feed_days(TUESDAY, 2)  # Tuesday opens the period begun last Wednesday; Wednesday opens the next
+    for number, day in enumerate(days):
+        week.announce(day, [(paper(10 * number + i, f"Graph networks {number} {i}"), "new") for i in range(1, 4)])
+
+    notes = [text_of(message) for message in received(smtp_sink, "ada@example.org")]
+    assert len(notes) == 2
+    assert "arXiv announced 6 papers in your categories in the last 7 days" in " ".join(notes[1].split())
+
+
 @pytest.mark.parametrize(
     ("day", "weekday", "start"),
     [
@@ -237,6 +271,29 @@ def test_a_weekday_that_is_not_one_is_refused(text: str) -> None:
         return
     with pytest.raises(ValueError, match="is not a weekday"):
         parse_weekday(text)
+
+
+@given(st.text(max_size=40))
+def test_any_typed_weekday_or_frequency_is_read_as_one_of_the_choices_or_refused_with_a_reason(text: str) -> None:
+    try:
+        weekday = parse_weekday(text)
+    except ValueError as exc:
+        assert "is not a weekday" in str(exc)
+    else:
+        assert weekday_name(weekday) == text.strip().lower()[:3]
+    try:
+        frequency = parse_frequency(text)
+    except ValueError as exc:
+        assert "is not a frequency" in str(exc)
+    else:
+        assert frequency in ("daily", "weekly")
+
+
+@given(st.dates(min_value=dt.date(2000, 1, 1), max_value=dt.date(2100, 1, 1)), st.integers(0, 6))
+def test_every_day_falls_in_the_week_that_began_on_its_latest_chosen_weekday(day: dt.date, weekday: int) -> None:
+    start = period_start(day, DigestFrequency.WEEKLY, weekday)
+    assert start.weekday() == weekday and dt.timedelta(0) <= day - start < dt.timedelta(days=7)
+    assert parse_weekday(WEEKDAY_NAMES[weekday].upper()) == weekday
 
 
 def test_subscriber_choices_stored_by_subscribe_are_kept_when_an_update_omits_them(week: Week) -> None:
