@@ -68,26 +68,24 @@ def recipients_query(day: dt.date) -> Select[tuple[int, dt.date]]:
     Their digest is due that day (newsletter.periods) and holds a paper, or they asked for the empty-day note
     and arXiv announced papers that day.
     """
-    # A paper under a keyword the subscriber still has, selected up to `day`, that no other day's digest carried.
-    holds_paper = exists(
-        select(col(Selection.arxiv_id))
+    # Who has a paper under a keyword they still have, selected up to `day`, that no other day's digest
+    # carried. Uncorrelated, so the database builds the set once (a hashed subplan), not once per subscriber.
+    holding_paper = (
+        select(col(Selection.subscriber_id))
         .join(
             SubscriberKeyword,
             (col(SubscriberKeyword.subscriber_id) == col(Selection.subscriber_id))
             & (col(SubscriberKeyword.position) == col(Selection.keyword_position)),
         )
-        .where(
-            col(Selection.subscriber_id) == col(Subscriber.id),
-            col(Selection.day) <= day,
-            col(Selection.day) >= carried_since(day),
-            ~exists(
-                select(col(SentPaper.arxiv_id)).where(
-                    col(SentPaper.subscriber_id) == col(Selection.subscriber_id),
-                    col(SentPaper.arxiv_id) == col(Selection.arxiv_id),
-                    col(SentPaper.day) != day,
-                )
-            ),
+        .outerjoin(
+            SentPaper,
+            (col(SentPaper.subscriber_id) == col(Selection.subscriber_id))
+            & (col(SentPaper.arxiv_id) == col(Selection.arxiv_id))
+            & (col(SentPaper.day) != day)
+            # A paper is sent on or after the day it was selected: only that window of the ledger is read.
+            & (col(SentPaper.day) >= carried_since(day)),
         )
+        .where(col(Selection.day) <= day, col(Selection.day) >= carried_since(day), col(SentPaper.arxiv_id).is_(None))
     )
     wants_note = and_(col(Subscriber.empty_day_note), exists(select(col(Announcement.arxiv_id)).where(
         col(Announcement.day) == day)))
@@ -95,7 +93,9 @@ def recipients_query(day: dt.date) -> Select[tuple[int, dt.date]]:
     return cast(
         "Select[tuple[int, dt.date]]",
         select(col(Subscriber.id), period_column(day).label("period")).where(
-            col(Subscriber.status) == SubscriberStatus.ACTIVE, due_clause(day), or_(holds_paper, wants_note)
+            col(Subscriber.status) == SubscriberStatus.ACTIVE,
+            due_clause(day),
+            or_(col(Subscriber.id).in_(holding_paper), wants_note),
         ),
     )
 

@@ -301,7 +301,8 @@ class SentPaper(SQLModel, table=True):
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
     )
     arxiv_id: str = Field(primary_key=True, max_length=40)
-    day: dt.date
+    # Indexed: choosing recipients reads only the last weeks of the ledger.
+    day: dt.date = Field(index=True)
     # What the subscriber was last shown of the paper: a later version, journal reference or DOI is an update.
     version: int | None = None
     journal_ref: str | None = Field(default=None, sa_column=Column(Text))

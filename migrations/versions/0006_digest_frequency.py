@@ -24,11 +24,12 @@ def _old_unique_name() -> str:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("subscriber", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("frequency", sa.String(length=8), nullable=False, server_default="daily"))
-        batch_op.add_column(sa.Column("weekday", sa.Integer(), nullable=False, server_default="0"))
-        batch_op.add_column(sa.Column("empty_day_note", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column("updates", sa.Boolean(), nullable=False, server_default=sa.true()))
+    # Plain ADD COLUMN, never a table copy: on SQLite, copying `subscriber` would drop the old table and,
+    # with foreign keys on, cascade the delete to every subscriber's keywords, selections and sent papers.
+    op.add_column("subscriber", sa.Column("frequency", sa.String(length=8), nullable=False, server_default="daily"))
+    op.add_column("subscriber", sa.Column("weekday", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("subscriber", sa.Column("empty_day_note", sa.Boolean(), nullable=False, server_default="0"))
+    op.add_column("subscriber", sa.Column("updates", sa.Boolean(), nullable=False, server_default="1"))
 
     # Every delivery so far was a daily digest: its period is its day.
     with op.batch_alter_table("delivery", schema=None) as batch_op:
@@ -42,10 +43,10 @@ def upgrade() -> None:
 
     # What each subscriber was shown of a paper sent before: the paper as stored now, so no old
     # paper comes back as "updated" after the upgrade.
-    with op.batch_alter_table("sent_paper", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("version", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("journal_ref", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("doi", sa.String(length=200), nullable=True))
+    op.add_column("sent_paper", sa.Column("version", sa.Integer(), nullable=True))
+    op.add_column("sent_paper", sa.Column("journal_ref", sa.Text(), nullable=True))
+    op.add_column("sent_paper", sa.Column("doi", sa.String(length=200), nullable=True))
+    op.create_index("ix_sent_paper_day", "sent_paper", ["day"], unique=False)
     op.execute(
         "UPDATE sent_paper SET "
         "version = (SELECT paper.version FROM paper WHERE paper.arxiv_id = sent_paper.arxiv_id), "
@@ -55,10 +56,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sent_paper", schema=None) as batch_op:
-        batch_op.drop_column("doi")
-        batch_op.drop_column("journal_ref")
-        batch_op.drop_column("version")
+    # Plain DROP COLUMN (SQLite 3.35+) for the same reason as above: no copy of a table others refer to.
+    op.drop_index("ix_sent_paper_day", table_name="sent_paper")
+    for column in ("doi", "journal_ref", "version"):
+        op.drop_column("sent_paper", column)
     # A weekly digest sent on another day than its period keeps its day; two rows on one day keep the first.
     op.execute(
         "DELETE FROM delivery WHERE id NOT IN (SELECT MIN(id) FROM delivery GROUP BY subscriber_id, day)"
@@ -68,8 +69,5 @@ def downgrade() -> None:
         batch_op.drop_constraint("uq_delivery_subscriber_period", type_="unique")
         batch_op.create_unique_constraint(_old_unique_name(), ["subscriber_id", "day"])
         batch_op.drop_column("period")
-    with op.batch_alter_table("subscriber", schema=None) as batch_op:
-        batch_op.drop_column("updates")
-        batch_op.drop_column("empty_day_note")
-        batch_op.drop_column("weekday")
-        batch_op.drop_column("frequency")
+    for column in ("updates", "empty_day_note", "weekday", "frequency"):
+        op.drop_column("subscriber", column)
