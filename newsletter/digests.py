@@ -31,13 +31,19 @@ from newsletter.updates import pending_updates
 
 
 def compose_digest(
-    session: Session, settings: Settings, signer: LinkSigner, subscriber: Subscriber, day: dt.date
+    session: Session,
+    settings: Settings,
+    signer: LinkSigner,
+    subscriber: Subscriber,
+    day: dt.date,
+    with_updates: bool = True,
 ) -> Digest:
-    """The subscriber's digest for `day`: their signed links, and the papers selected with translations."""
+    """The subscriber's digest for `day`: their signed links, the papers selected with translations, and
+    (unless `with_updates` is off, as for the archive of a digest sent before) the updates not yet shown."""
     assert subscriber.id is not None
     links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat())
     digest = load_digest(session, subscriber, day, links)
-    if subscriber.updates:
+    if subscriber.updates and with_updates:
         digest.updates = pending_updates(session, subscriber.id, exclude=digest.arxiv_ids)
     return digest
 

@@ -625,7 +625,7 @@ class DigestRenderer:
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
         self.templates_dir = templates_dir
         self._fragments: dict[tuple, PaperFragments] = {}
-        self._frame_bytes: dict[tuple[str, int], int] = {}
+        self._frame_bytes: dict[tuple[str, int, int], int] = {}
 
     @cached_property
     def _html_templates(self) -> tuple[Template, Template, Template]:
@@ -682,9 +682,9 @@ class DigestRenderer:
         labels = context["labels"]
         total = digest.paper_count
         cards = sum(f.card_size for fragments in per_section for f in fragments)
-        # The frame around the cards weighs about the same for every digest with as many sections, so a
-        # digest that clearly cannot fit skips the full render.
-        shape = (context["lang_attr"], len(digest.sections))
+        # The frame around the cards weighs about the same for every digest with as many sections (and
+        # "Updated" lines), so a digest that clearly cannot fit skips the full render.
+        shape = (context["lang_attr"], len(digest.sections), len(digest.updates))
         base = self._frame_bytes.get(shape)
         if base is None or base + cards <= size_limit + FRAME_SIZE_SLACK:
             html = frame.render(context, sections=self._sections(digest, per_section, labels, None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from sqlalchemy import and_, or_, select, update
 from sqlmodel import Session, col
@@ -44,7 +45,8 @@ class PaperUpdate:
 
     @property
     def doi_url(self) -> str | None:
-        return f"https://doi.org/{self.doi}" if self.doi else None
+        # Quoted as the digest's cards quote it: a DOI may hold characters a URL cannot.
+        return f"https://doi.org/{quote(self.doi, safe='/:;()._-')}" if self.doi else None
 
 
 def _changed(stored: object, current: object) -> bool:
