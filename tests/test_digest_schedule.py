@@ -1,5 +1,5 @@
 """Weekly digests, the empty-day note and the "Updated" section, end to end: the arXiv feed and API
-stand-in, the production pipeline on PostgreSQL, and what the SMTP server received."""
+stand-in, the production pipeline on SQLite and PostgreSQL, and what the SMTP server received."""
 
 from __future__ import annotations
 
@@ -55,14 +55,15 @@ class Week:
 
 
 @pytest.fixture
-def week(pg_engine: Engine, tmp_path: Path, arxiv_server: ArxivServer, smtp_sink: SmtpSink) -> Iterator[Week]:
+def week(engine: Engine, tmp_path: Path, arxiv_server: ArxivServer, smtp_sink: SmtpSink) -> Iterator[Week]:
+    """On SQLite (the embedded default) and PostgreSQL."""
     settings = make_settings(
-        pg_engine.url.render_as_string(hide_password=False), tmp_path,
+        engine.url.render_as_string(hide_password=False), tmp_path,
         arxiv_feed_url=arxiv_server.feed_base_url, arxiv_api_url=arxiv_server.api_url, arxiv_delay_seconds=0,
         categories=CATEGORIES, redis_url="redis://127.0.0.1:1/0", mail_backend="smtp", smtp_host="127.0.0.1",
         smtp_port=smtp_sink.port, smtp_max_per_second=1000, base_url="https://digest.example.org",
     )
-    with Session(pg_engine, expire_on_commit=False) as session:
+    with Session(engine, expire_on_commit=False) as session:
         yield Week(session, settings, arxiv_server)
 
 
