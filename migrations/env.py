@@ -6,6 +6,7 @@ from sqlmodel import SQLModel
 from newsletter import models  # noqa: F401  (registers the tables)
 from newsletter.config import get_settings
 from newsletter.db import make_engine
+from newsletter.schema import foreign_keys_off
 
 target_metadata = SQLModel.metadata
 
@@ -17,7 +18,7 @@ def run_migrations() -> None:
         return
     url = context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
     engine = make_engine(url)
-    with engine.connect() as conn:
+    with engine.connect() as conn, foreign_keys_off(conn):
         _run(conn)
     engine.dispose()
 

@@ -21,6 +21,8 @@ from newsletter.models import RunStatus
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+subscribers_app = typer.Typer(no_args_is_help=True, help="Subscribers.")
+app.add_typer(subscribers_app, name="subscribers")
 
 
 log = logging.getLogger(__name__)
@@ -90,13 +92,42 @@ def subscribe(
         str | None, typer.Option("--timezone", help="IANA time zone [default: NEWSLETTER_DEFAULT_TIMEZONE].")
     ] = None,
     confirmed: Annotated[bool, typer.Option("--confirmed", help="Skip the email confirmation.")] = False,
+    frequency: Annotated[
+        str | None, typer.Option("--frequency", help="daily or weekly [default: daily, or as stored].")
+    ] = None,
+    weekday: Annotated[
+        str | None, typer.Option("--weekday", help="mon..sun: the weekly digest's day [default: mon, or as stored].")
+    ] = None,
+    empty_day_note: Annotated[
+        bool | None,
+        typer.Option("--empty-day-note/--no-empty-day-note", help="Mail a note on empty days [default: no]."),
+    ] = None,
+    updates: Annotated[
+        bool | None,
+        typer.Option("--updates/--no-updates", help="List new versions of papers sent before [default: yes]."),
+    ] = None,
 ) -> None:
     """Add or update a subscriber."""
+    from newsletter.subscribers import DigestChoices
     from newsletter.subscribers import subscribe as add_subscriber
 
+    choices = DigestChoices(frequency, weekday, empty_day_note, updates)
     with session_scope(_engine()) as session:
-        subscriber = add_subscriber(session, email, keyword, lang, timezone, confirmed)
+        subscriber = add_subscriber(session, email, keyword, lang, timezone, confirmed, choices)
         typer.echo(f"{subscriber.email}: {subscriber.status}, {len(keyword)} keyword(s), {subscriber.language}")
+
+
+@subscribers_app.command("show")
+def subscribers_show(email: str) -> None:
+    """Print a subscriber's stored preferences, one `name: value` a line."""
+    from newsletter.subscribers import find_subscriber, normalize_email, stored_preferences
+
+    with session_scope(_engine()) as session:
+        subscriber = find_subscriber(session, normalize_email(email))
+        if subscriber is None:
+            raise CommandError(f"no subscriber {email}")
+        for name, value in stored_preferences(session, subscriber):
+            typer.echo(f"{name}: {value}")
 
 
 @app.command()

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, or_, select, update
+from sqlalchemy import CursorResult, Select, and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from newsletter.config import Settings
-from newsletter.digests import compose_digest
+from newsletter.digests import compose_digest, render_mail
 from newsletter.mail import MailBackend as MailBackend
 from newsletter.mail import make_backend as make_backend
 from newsletter.mail.errors import DeliveryStopped, PermanentDeliveryError, TemporaryDeliveryError
@@ -27,16 +27,20 @@ from newsletter.mail.outbox import OutboxBackend as OutboxBackend
 from newsletter.mail.outbox import outbox_name as outbox_name
 from newsletter.mail.smtp import SmtpBackend as SmtpBackend
 from newsletter.models import (
+    Announcement,
     Delivery,
     DeliveryStatus,
     Selection,
     SentPaper,
     Subscriber,
+    SubscriberKeyword,
     SubscriberStatus,
     utcnow,
 )
+from newsletter.periods import carried_since, due_clause, period_column
 from newsletter.render import Digest, DigestRenderer
 from newsletter.tokens import LinkSigner
+from newsletter.updates import record_updates_shown
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +62,80 @@ class DeliveryResult:
     aborted: str | None = None
 
 
-def recipients_query(day: dt.date) -> Select[int]:
-    """The ids of active subscribers with at least one paper selected for `day`, as a query to run or nest."""
+def recipients_query(day: dt.date) -> Select[tuple[int, dt.date]]:
+    """(id, period) of the active subscribers whose digest the run of `day` sends, as a query to run or nest.
+
+    Their digest is due that day (newsletter.periods) and holds a paper, or they asked for the empty-day note
+    and arXiv announced papers that day.
+    """
+    # Who has a paper under a keyword they still have, selected up to `day`, that no other day's digest
+    # carried. Uncorrelated, so the database builds the set once (a hashed subplan), not once per subscriber.
+    holding_paper = (
+        select(col(Selection.subscriber_id))
+        .join(
+            SubscriberKeyword,
+            (col(SubscriberKeyword.subscriber_id) == col(Selection.subscriber_id))
+            & (col(SubscriberKeyword.position) == col(Selection.keyword_position)),
+        )
+        .outerjoin(
+            SentPaper,
+            (col(SentPaper.subscriber_id) == col(Selection.subscriber_id))
+            & (col(SentPaper.arxiv_id) == col(Selection.arxiv_id))
+            & (col(SentPaper.day) != day)
+            # A paper is sent on or after the day it was selected: only that window of the ledger is read.
+            & (col(SentPaper.day) >= carried_since(day)),
+        )
+        .where(col(Selection.day) <= day, col(Selection.day) >= carried_since(day), col(SentPaper.arxiv_id).is_(None))
+    )
+    wants_note = and_(col(Subscriber.empty_day_note), exists(select(col(Announcement.arxiv_id)).where(
+        col(Announcement.day) == day)))
     # SQLModel types the id `int | None` (unset before the insert); a stored row's primary key is never NULL.
     return cast(
-        "Select[int]",
-        select(col(Subscriber.id))
-        .join(Selection, col(Selection.subscriber_id) == col(Subscriber.id))
-        .where(col(Selection.day) == day, col(Subscriber.status) == SubscriberStatus.ACTIVE)
-        .distinct(),
+        "Select[tuple[int, dt.date]]",
+        select(col(Subscriber.id), period_column(day).label("period")).where(
+            col(Subscriber.status) == SubscriberStatus.ACTIVE,
+            due_clause(day),
+            or_(col(Subscriber.id).in_(holding_paper), wants_note),
+        ),
     )
 
 
 def recipients_for_day(session: Session, day: dt.date) -> list[int]:
-    """Active subscribers with at least one paper selected for `day`, in id order."""
+    """The subscribers the run of `day` mails (recipients_query), in id order."""
     return list(session.scalars(recipients_query(day).order_by(col(Subscriber.id))))
 
 
-def _delivery_row_exists(session: Session, subscriber_id: int, day: dt.date) -> bool:
+def _delivery_row_exists(session: Session, subscriber_id: int, period: dt.date) -> bool:
     found = session.scalar(
-        select(col(Delivery.id)).where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.day) == day)
+        select(col(Delivery.id)).where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.period) == period)
     )
     return found is not None
 
 
+def subscriber_periods(session: Session, subscriber_ids: list[int], day: dt.date) -> dict[int, dt.date]:
+    """Each subscriber's period for a digest sent on `day` (newsletter.periods)."""
+    periods: dict[int, dt.date] = {}
+    for start in range(0, len(subscriber_ids), 1000):
+        rows = session.execute(
+            select(col(Subscriber.id), period_column(day)).where(
+                col(Subscriber.id).in_(subscriber_ids[start : start + 1000])
+            )
+        )
+        periods.update({subscriber_id: period for subscriber_id, period in rows})
+    return periods
+
+
 def claim_delivery(
-    session: Session, subscriber_id: int, day: dt.date, lease: dt.timedelta = CLAIM_LEASE
+    session: Session,
+    subscriber_id: int,
+    day: dt.date,
+    lease: dt.timedelta = CLAIM_LEASE,
+    period: dt.date | None = None,
 ) -> Delivery | None:
-    """Insert the day's delivery row, or take over a stale or retryable one; None if someone has it."""
-    delivery = Delivery(subscriber_id=subscriber_id, day=day)
+    """Insert the period's delivery row (default period: the day), or take over a stale or retryable one;
+    None if someone has it."""
+    period = period or day
+    delivery = Delivery(subscriber_id=subscriber_id, day=day, period=period)
     try:
         with session.begin_nested():
             session.add(delivery)
@@ -94,7 +143,7 @@ def claim_delivery(
         return delivery
     except IntegrityError:
         session.rollback()
-        if not _delivery_row_exists(session, subscriber_id, day):
+        if not _delivery_row_exists(session, subscriber_id, period):
             if session.get(Subscriber, subscriber_id) is None:
                 return None  # the subscriber left while the day was being sent
             raise  # no row holds the claim: the database refused the insert itself (a trigger, a full disk)
@@ -107,7 +156,7 @@ def claim_delivery(
             update(Delivery)
             .where(
                 col(Delivery.subscriber_id) == subscriber_id,
-                col(Delivery.day) == day,
+                col(Delivery.period) == period,
                 or_(
                     (col(Delivery.status) == DeliveryStatus.CLAIMED) & (col(Delivery.claimed_at) <= now - lease),
                     (col(Delivery.status) == DeliveryStatus.FAILED) & col(Delivery.retryable),
@@ -122,7 +171,7 @@ def claim_delivery(
         return None
     return session.scalars(
         select(Delivery)
-        .where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.day) == day)
+        .where(col(Delivery.subscriber_id) == subscriber_id, col(Delivery.period) == period)
         .execution_options(populate_existing=True)
     ).one()
 
@@ -151,8 +200,9 @@ def deliver_day(
     context = _DayContext(day, settings, backend, signer, renderer, Sender.from_settings(settings))
     lease = dt.timedelta(seconds=settings.delivery_claim_lease_seconds)
     ids = list(subscriber_ids) if subscriber_ids is not None else recipients_for_day(session, day)
+    periods = subscriber_periods(session, ids, day)
     for subscriber_id in ids:
-        delivery = claim_delivery(session, subscriber_id, day, lease)
+        delivery = claim_delivery(session, subscriber_id, day, lease, periods.get(subscriber_id))
         if delivery is None:
             result.skipped += 1
             continue
@@ -196,7 +246,7 @@ def _compose(session: Session, subscriber: Subscriber, context: _DayContext) -> 
     day = context.day
     digest = compose_digest(session, context.settings, context.signer, subscriber, day)
     message_id = digest_message_id(context.sender, subscriber.email, day)
-    rendered = context.renderer.render(digest)
+    rendered = render_mail(session, context.renderer, subscriber, digest)
     message = build_message(rendered, subscriber.email, context.sender, digest.links, message_id)
     message["X-Digest-Day"] = day.isoformat()
     return digest, message
@@ -245,11 +295,14 @@ def _record_sent(
             )
         )
     )
+    # With what the subscriber saw of each paper: a later version or reference is an update (newsletter.updates).
     session.add_all(
-        SentPaper(subscriber_id=subscriber.id, arxiv_id=arxiv_id, day=digest.day)
-        for arxiv_id in dict.fromkeys(digest.arxiv_ids)
-        if arxiv_id not in recorded
+        SentPaper(subscriber_id=subscriber.id, arxiv_id=paper.arxiv_id, day=digest.day, version=paper.version,
+                  journal_ref=paper.journal_ref, doi=paper.doi)
+        for paper in {p.arxiv_id: p for p in digest.papers}.values()
+        if paper.arxiv_id not in recorded
     )
+    record_updates_shown(session, subscriber.id, digest.updates)
     session.add_all([delivery, subscriber])
     session.commit()
     result.sent += 1

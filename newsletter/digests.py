@@ -8,27 +8,80 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session, col
 
 from newsletter.config import Settings
-from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation
-from newsletter.render import Digest, DigestRenderer, KeywordSection, paper_view
+from newsletter.digest_parts import EmptyDayNote, render_empty_day_note
+from newsletter.models import (
+    Announcement,
+    DigestFrequency,
+    Paper,
+    Selection,
+    SentPaper,
+    Subscriber,
+    SubscriberKeyword,
+    Translation,
+)
+from newsletter.periods import carried_since
+from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view
 from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
 from newsletter.tokens import LinkSigner, SubscriberLinks, signing_key, subscriber_links
+from newsletter.updates import pending_updates
 
 
 def compose_digest(
-    session: Session, settings: Settings, signer: LinkSigner, subscriber: Subscriber, day: dt.date
+    session: Session,
+    settings: Settings,
+    signer: LinkSigner,
+    subscriber: Subscriber,
+    day: dt.date,
+    with_updates: bool = True,
 ) -> Digest:
-    """The subscriber's digest for `day`: their signed links, and the papers selected with translations."""
+    """The subscriber's digest for `day`: their signed links, the papers selected with translations, and
+    (unless `with_updates` is off, as for the archive of a digest sent before) the updates not yet shown."""
     assert subscriber.id is not None
     links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat(), subscriber.generation)
-    return load_digest(session, subscriber, day, links)
+    digest = load_digest(session, subscriber, day, links)
+    if subscriber.updates and with_updates:
+        digest.updates = pending_updates(session, subscriber.id, exclude=digest.arxiv_ids)
+    return digest
+
+
+def render_mail(session: Session, renderer: DigestRenderer, subscriber: Subscriber, digest: Digest) -> RenderedDigest:
+    """The digest as mailed; for a subscriber who asked for it, the empty-day note when it holds no paper."""
+    if digest.paper_count == 0 and subscriber.empty_day_note:
+        return render_empty_day_note(empty_day_note(session, subscriber, digest))
+    return renderer.render(digest)
+
+
+def empty_day_note(session: Session, subscriber: Subscriber, digest: Digest) -> EmptyDayNote:
+    """The note for a digest without papers: how many papers arXiv announced that day (or week)."""
+    weekly = subscriber.frequency == DigestFrequency.WEEKLY
+    since = digest.day - dt.timedelta(days=6 if weekly else 0)
+    announced = session.scalar(
+        select(func.count())
+        .select_from(Announcement)
+        .where(col(Announcement.day) >= since, col(Announcement.day) <= digest.day)
+    )
+    return EmptyDayNote(
+        day=digest.day,
+        email=digest.email,
+        language=digest.language,
+        keywords=[section.keyword for section in digest.sections],
+        announced=int(announced or 0),
+        links=digest.links,
+        weekly=weekly,
+        updates=digest.updates,
+    )
 
 
 def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: SubscriberLinks) -> Digest:
-    """The subscriber's digest for `day` from the stored selections and translations."""
+    """The subscriber's digest sent on `day`, from the stored selections and translations.
+
+    It holds the papers selected up to `day` that no other digest carried: the day's own for a daily
+    subscriber, everything matched since the last digest for a weekly one (or one who switched), each once.
+    """
     assert subscriber.id is not None
     keywords = session.scalars(
         select(col(SubscriberKeyword.expression))
@@ -43,13 +96,25 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
             Translation,
             (col(Translation.arxiv_id) == col(Selection.arxiv_id)) & (col(Translation.language) == subscriber.language),
         )
-        .where(col(Selection.day) == day, col(Selection.subscriber_id) == subscriber.id)
-        .order_by(col(Selection.keyword_position), col(Paper.arxiv_id))
+        .outerjoin(
+            SentPaper,
+            (col(SentPaper.subscriber_id) == col(Selection.subscriber_id))
+            & (col(SentPaper.arxiv_id) == col(Selection.arxiv_id)),
+        )
+        .where(
+            col(Selection.subscriber_id) == subscriber.id,
+            and_(col(Selection.day) <= day, col(Selection.day) >= carried_since(day)),
+            # Not yet mailed, or mailed with this very digest (the archive shows it as it was sent).
+            or_(col(SentPaper.arxiv_id).is_(None), col(SentPaper.day) == day),
+        )
+        .order_by(col(Selection.keyword_position), col(Selection.day), col(Paper.arxiv_id))
     )
     translation_wanted = not subscriber.language.upper().startswith("EN")
+    shown: set[str] = set()
     for selection, paper, translation in rows:
-        if selection.keyword_position >= len(sections):
-            continue  # the subscriber removed that keyword since the match
+        if selection.keyword_position >= len(sections) or paper.arxiv_id in shown:
+            continue  # the subscriber removed that keyword since the match, or the paper is listed already
+        shown.add(paper.arxiv_id)
         view = paper_view(paper, translation, selection.terms, translation_wanted)
         sections[selection.keyword_position].papers.append(view)
     return Digest(

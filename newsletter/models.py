@@ -6,8 +6,23 @@ import datetime as dt
 import secrets
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Table, Text, UniqueConstraint, inspect
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    inspect,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlmodel import Field, SQLModel
 
 # JSONB on PostgreSQL: comparable (DISTINCT works) and compact.
@@ -33,6 +48,13 @@ class SubscriberStatus(StrEnum):
     PAUSED = "paused"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+
+
+class DigestFrequency(StrEnum):
+    """How often a subscriber is mailed: every announcement day, or once a week on a weekday they pick."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
 
 
 def new_public_id() -> str:
@@ -66,6 +88,18 @@ class Subscriber(SQLModel, table=True):
     # (its keywords are the subscriber's PendingKeyword rows).
     pending_language: str | None = Field(default=None, max_length=16)
     pending_timezone: str | None = Field(default=None, max_length=64)
+    # The digest schedule (newsletter.periods reads these): daily, or weekly on `weekday` (0 Monday .. 6 Sunday).
+    frequency: DigestFrequency = Field(
+        default=DigestFrequency.DAILY,
+        sa_column=Column(String(8), nullable=False, default=DigestFrequency.DAILY, server_default="daily"),
+    )
+    weekday: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0, server_default="0"))
+    # A short mail on an announcement day that matched none of the keywords (opt-in).
+    empty_day_note: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, default=False, server_default=false())
+    )
+    # An "Updated" section for papers sent before that got a new version, a journal reference or a DOI.
+    updates: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, default=True, server_default=true()))
 
 
 class SubscriberKeyword(SQLModel, table=True):
@@ -243,10 +277,16 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
-class Delivery(SQLModel, table=True):
-    """One digest per subscriber per announcement day; the row is claimed before sending."""
+def _period_of_row(context: DefaultExecutionContext) -> dt.date:
+    # A row written without a period (a daily digest) is its day's period.
+    day: dt.date = context.get_current_parameters()["day"]
+    return day
 
-    __table_args__ = (UniqueConstraint("subscriber_id", "day"),)
+
+class Delivery(SQLModel, table=True):
+    """One digest per subscriber per period (a day, or a weekly subscriber's week); claimed before sending."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "period", name="uq_delivery_subscriber_period"),)
 
     id: int | None = Field(default=None, primary_key=True)
     # Kept (as NULL) when a subscriber deletes their data, so counts stay anonymous.
@@ -254,7 +294,12 @@ class Delivery(SQLModel, table=True):
         default=None,
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), nullable=True),
     )
+    # The run's announcement day that sent it.
     day: dt.date = Field(index=True)
+    # What "once" means (newsletter.periods): the day for daily digests, the week's chosen weekday for weekly ones.
+    period: dt.date = Field(
+        default=None, sa_column=Column(Date, nullable=False, index=True, default=_period_of_row)
+    )
     status: DeliveryStatus = Field(
         default=DeliveryStatus.CLAIMED, sa_column=Column(String(16), nullable=False)
     )
@@ -277,7 +322,12 @@ class SentPaper(SQLModel, table=True):
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
     )
     arxiv_id: str = Field(primary_key=True, max_length=40)
-    day: dt.date
+    # Indexed: choosing recipients reads only the last weeks of the ledger.
+    day: dt.date = Field(index=True)
+    # What the subscriber was last shown of the paper: a later version, journal reference or DOI is an update.
+    version: int | None = None
+    journal_ref: str | None = Field(default=None, sa_column=Column(Text))
+    doi: str | None = Field(default=None, max_length=200)
 
 
 class AppSecret(SQLModel, table=True):

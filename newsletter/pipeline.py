@@ -318,7 +318,8 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
 def _unfinished(day: dt.date, *statuses: DeliveryStatus) -> Select[int]:
     """Recipients of the day whose delivery row is missing or in one of `statuses`."""
     recipients = recipients_query(day).subquery()
-    delivery = (col(Delivery.subscriber_id) == recipients.c.id) & (col(Delivery.day) == day)
+    # Keyed by period: a weekly digest is owed once per week, whichever day's run sends it.
+    delivery = (col(Delivery.subscriber_id) == recipients.c.id) & (col(Delivery.period) == recipients.c.period)
     pending = col(Delivery.id).is_(None) | col(Delivery.status).in_(statuses)
     return select(recipients.c.id).outerjoin(Delivery, delivery).where(pending)
 

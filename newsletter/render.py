@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # Only the rows' shape: rendering reads what it is handed and never queries the database.
     from newsletter.models import Paper, Translation
     from newsletter.tokens import SubscriberLinks
+    from newsletter.updates import PaperUpdate
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,12 @@ class Digest:
     sections: list[KeywordSection]
     links: SubscriberLinks
     translation_missing: bool = False
+    # Papers sent in earlier digests that changed since: one line each in an "Updated" section.
+    updates: list[PaperUpdate] = field(default_factory=list)
+
+    @property
+    def papers(self) -> list[PaperView]:
+        return [p for s in self.sections for p in (*s.papers, *s.overflow)]
 
     @property
     def paper_count(self) -> int:
@@ -424,7 +431,15 @@ def digest_context(digest: Digest) -> dict:
         "keywords_line": "; ".join(keyword for keyword, _ in counts),
         "links": digest.links,
         "labels": labels,
+        **_updates_parts(digest),
     }
+
+
+def _updates_parts(digest: Digest) -> dict:
+    # Imported here: digest_parts renders with this module's environment and helpers.
+    from newsletter.digest_parts import updates_parts
+
+    return updates_parts(digest.updates, digest.language)
 
 
 @dataclass
@@ -610,7 +625,7 @@ class DigestRenderer:
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
         self.templates_dir = templates_dir
         self._fragments: dict[tuple, PaperFragments] = {}
-        self._frame_bytes: dict[tuple[str, int], int] = {}
+        self._frame_bytes: dict[tuple[str, int, int], int] = {}
 
     @cached_property
     def _html_templates(self) -> tuple[Template, Template, Template]:
@@ -667,9 +682,9 @@ class DigestRenderer:
         labels = context["labels"]
         total = digest.paper_count
         cards = sum(f.card_size for fragments in per_section for f in fragments)
-        # The frame around the cards weighs about the same for every digest with as many sections, so a
-        # digest that clearly cannot fit skips the full render.
-        shape = (context["lang_attr"], len(digest.sections))
+        # The frame around the cards weighs about the same for every digest with as many sections (and
+        # "Updated" lines), so a digest that clearly cannot fit skips the full render.
+        shape = (context["lang_attr"], len(digest.sections), len(digest.updates))
         base = self._frame_bytes.get(shape)
         if base is None or base + cards <= size_limit + FRAME_SIZE_SLACK:
             html = frame.render(context, sections=self._sections(digest, per_section, labels, None))

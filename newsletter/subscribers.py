@@ -24,6 +24,7 @@ from newsletter.account_mail import already_subscribed_mail, confirmation_mail
 from newsletter.config import Settings, get_settings
 from newsletter.keywords import MAX_KEYWORDS, KeywordSyntaxError, parse_keyword
 from newsletter.models import PendingKeyword, Subscriber, SubscriberKeyword, SubscriberStatus, table_of, utcnow
+from newsletter.periods import parse_frequency, parse_weekday
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose, TokenClaims
 
 if TYPE_CHECKING:  # the CLI's `subscribe` should not load the mail transports
@@ -59,6 +60,8 @@ class InputField(StrEnum):
     KEYWORDS = "keywords"
     LANGUAGE = "language"
     TIMEZONE = "timezone"
+    FREQUENCY = "frequency"
+    WEEKDAY = "weekday"
 
 
 class ProblemCode(StrEnum):
@@ -76,6 +79,8 @@ class ProblemCode(StrEnum):
     KEYWORDS_TOO_MANY = "keywords_too_many"  # count, limit
     LANGUAGE_UNKNOWN = "language_unknown"  # language
     TIMEZONE_UNKNOWN = "timezone_unknown"  # timezone
+    FREQUENCY_UNKNOWN = "frequency_unknown"  # frequency
+    WEEKDAY_UNKNOWN = "weekday_unknown"  # weekday
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ DESCRIPTIONS = {
     ProblemCode.KEYWORDS_TOO_MANY: "too many keywords: {count} given, at most {limit} allowed",
     ProblemCode.LANGUAGE_UNKNOWN: "{language!r} is not a supported language",
     ProblemCode.TIMEZONE_UNKNOWN: "{timezone!r} is not a known time zone",
+    ProblemCode.FREQUENCY_UNKNOWN: "{frequency!r} is not a frequency: use daily or weekly",
+    ProblemCode.WEEKDAY_UNKNOWN: "{weekday!r} is not a weekday: use mon, tue, wed, thu, fri, sat or sun",
 }
 
 
@@ -128,6 +135,45 @@ class Preferences:
     keywords: list[str]
     language: str
     timezone: str
+
+
+@dataclass(frozen=True)
+class DigestChoices:
+    """The digest schedule and extras as given (CLI flags, the manage form, a CSV row); None keeps what is stored."""
+
+    frequency: str | None = None
+    weekday: str | None = None
+    empty_day_note: bool | None = None
+    updates: bool | None = None
+
+
+def digest_choice_problems(choices: DigestChoices) -> list[Problem]:
+    """What is wrong with the frequency and weekday given."""
+    problems: list[Problem] = []
+    if choices.frequency is not None:
+        try:
+            parse_frequency(choices.frequency)
+        except ValueError:
+            problems.append(Problem(InputField.FREQUENCY, ProblemCode.FREQUENCY_UNKNOWN,
+                                    {"frequency": choices.frequency}))
+    if choices.weekday is not None:
+        try:
+            parse_weekday(choices.weekday)
+        except ValueError:
+            problems.append(Problem(InputField.WEEKDAY, ProblemCode.WEEKDAY_UNKNOWN, {"weekday": choices.weekday}))
+    return problems
+
+
+def apply_digest_choices(subscriber: Subscriber, choices: DigestChoices) -> None:
+    """Store the choices given (checked by digest_choice_problems first); the others stay as they are."""
+    if choices.frequency is not None:
+        subscriber.frequency = parse_frequency(choices.frequency)
+    if choices.weekday is not None:
+        subscriber.weekday = parse_weekday(choices.weekday)
+    if choices.empty_day_note is not None:
+        subscriber.empty_day_note = choices.empty_day_note
+    if choices.updates is not None:
+        subscriber.updates = choices.updates
 
 
 @dataclass(frozen=True)
@@ -269,10 +315,18 @@ def subscribe(
     language: str | None = None,
     timezone: str | None = None,
     confirmed: bool = False,
+    choices: DigestChoices | None = None,
 ) -> Subscriber:
     """Add a subscriber, or update an existing one's preferences (caller commits); defaults from Settings."""
     settings = get_settings()
-    request = validate(email, keywords, language or settings.default_language, timezone or settings.default_timezone)
+    choices = choices or DigestChoices()
+    language, timezone = language or settings.default_language, timezone or settings.default_timezone
+    try:
+        request = validate(email, keywords, language, timezone)
+    except InvalidInput as exc:
+        raise InvalidInput([*exc.problems, *digest_choice_problems(choices)]) from None
+    if problems := digest_choice_problems(choices):
+        raise InvalidInput(problems)
     preferences = request.preferences
     subscriber = find_subscriber(session, request.email)
     if subscriber is None:
@@ -283,6 +337,7 @@ def subscribe(
         subscriber.status = SubscriberStatus.PENDING
     subscriber.language = preferences.language
     subscriber.timezone = preferences.timezone
+    apply_digest_choices(subscriber, choices)
     if confirmed:
         confirm(subscriber)
     session.flush()
@@ -578,10 +633,22 @@ def confirm_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[S
     return subscriber, True
 
 
-def change_by_link(session: Session, signer: LinkSigner, token: str, form: Mapping[str, str], paused: bool) -> None:
-    """Change keywords, language, time zone or pause, through a manage link."""
-    preferences = validate_preferences(form["keywords"].splitlines(), form["language"], form["timezone"])
+def change_by_link(
+    session: Session,
+    signer: LinkSigner,
+    token: str,
+    form: Mapping[str, str],
+    paused: bool,
+    choices: DigestChoices | None = None,
+) -> None:
+    """Change keywords, language, time zone, the digest schedule and extras, or pause, through a manage link."""
+    choices = choices or DigestChoices()
+    preferences, problems = _preference_problems(form["keywords"].splitlines(), form["language"], form["timezone"])
+    problems += digest_choice_problems(choices)
+    if problems:
+        raise InvalidInput(problems)
     subscriber = _locked(session, subscriber_by_link(session, signer, token, Purpose.MANAGE))
+    apply_digest_choices(subscriber, choices)
     subscriber.language = preferences.language
     subscriber.timezone = preferences.timezone
     if subscriber.status in STAYING:
@@ -612,6 +679,23 @@ def delete_by_link(session: Session, signer: LinkSigner, token: str) -> None:
     """Remove the subscriber a manage link names and everything tied to them."""
     delete_subscriber(session, subscriber_by_link(session, signer, token, Purpose.MANAGE))
     session.commit()
+
+
+def stored_preferences(session: Session, subscriber: Subscriber) -> list[tuple[str, str]]:
+    """The subscriber's stored preferences as (name, value), in the names `newsletter subscribe` takes."""
+    from newsletter.periods import weekday_name
+
+    return [
+        ("email", subscriber.email),
+        ("status", str(subscriber.status)),
+        ("keywords", "; ".join(keywords_of(session, subscriber))),
+        ("language", subscriber.language),
+        ("timezone", subscriber.timezone),
+        ("frequency", str(subscriber.frequency)),
+        ("weekday", weekday_name(subscriber.weekday)),
+        ("empty_day_note", "true" if subscriber.empty_day_note else "false"),
+        ("updates", "true" if subscriber.updates else "false"),
+    ]
 
 
 def preferences_by_link(session: Session, signer: LinkSigner, token: str) -> tuple[Subscriber, list[str]]:

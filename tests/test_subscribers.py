@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from newsletter.db import make_engine
 from newsletter.keywords import KeywordSyntaxError, SyntaxProblem
-from newsletter.schema import alembic_config
+from newsletter.schema import alembic_config, foreign_keys_off, upgrade_schema
 from newsletter.subscribers import InputField, InvalidInput, ProblemCode, validate
 from newsletter.web.i18n import CHINESE, KEYWORD_MESSAGES, keyword_message
 
@@ -84,3 +84,29 @@ def test_every_keyword_problem_has_chinese_words_for_the_chinese_page() -> None:
     error = KeywordSyntaxError(SyntaxProblem.UNKNOWN_FIELD, 0, field="foo:")
     assert keyword_message(CHINESE, error) == "未知字段 'foo:'"
     assert keyword_message("EN", error) == "unknown field 'foo:'"
+
+
+def test_upgrading_an_old_sqlite_database_keeps_every_subscribers_keywords(tmp_path: Path) -> None:
+    """A batch migration rebuilds `subscriber`; with foreign keys on, the drop cascaded and emptied keywords."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config()
+    with engine.connect() as connection, foreign_keys_off(connection), connection.begin():
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO subscriber (id, email, language, timezone, status, created_at, consecutive_hard_failures)"
+            " VALUES (1, 'kept@example.org', 'ZH-HANS', 'UTC', 'active', CURRENT_TIMESTAMP, 0)"
+        ))
+        connection.execute(sa.text(
+            "INSERT INTO subscriber_keyword (subscriber_id, position, expression) VALUES (1, 0, 'diffusion policy')"
+        ))
+
+    upgrade_schema(engine)
+
+    with engine.connect() as connection:
+        keywords = connection.execute(sa.text("SELECT expression FROM subscriber_keyword")).scalars().all()
+        foreign_keys = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    engine.dispose()
+    assert keywords == ["diffusion policy"]
+    assert foreign_keys == 1  # the connection goes back to the pool with its keys on again

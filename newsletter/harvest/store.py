@@ -55,6 +55,24 @@ def _stored_versions(session: Session, ids: Iterable[str]) -> dict[str, tuple[in
     return found
 
 
+def _gaining_references(session: Session, items: Sequence[FeedItem]) -> set[str]:
+    """Replaced papers whose feed item names a journal reference or DOI the stored paper lacks (fetched again)."""
+    named = {item.record.arxiv_id: item.record for item in items if item.record.journal_ref or item.record.doi}
+    gained: set[str] = set()
+    ids = list(named)
+    for start in range(0, len(ids), 1000):
+        rows = session.execute(
+            select(col(Paper.arxiv_id), col(Paper.journal_ref), col(Paper.doi)).where(
+                col(Paper.arxiv_id).in_(ids[start:start + 1000])
+            )
+        )
+        for arxiv_id, journal_ref, doi in rows:
+            record = named[arxiv_id]
+            if (record.journal_ref and not journal_ref) or (record.doi and not doi):
+                gained.add(arxiv_id)
+    return gained
+
+
 def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: DetailsSource) -> DayHarvest:
     """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing)."""
     assert feed.day is not None
@@ -65,6 +83,8 @@ def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: D
             harvest.announcements.setdefault(item.record.arxiv_id, item.announce_type)
         latest.setdefault(item.record.arxiv_id, item)
     stored = _stored_versions(session, latest)
+    replaced = [item for item in latest.values() if item.announce_type is AnnounceType.REPLACE]
+    gained = _gaining_references(session, replaced)
     wanted: list[str] = []
     for arxiv_id, item in latest.items():
         version, source = stored.get(arxiv_id, (0, ""))
@@ -72,7 +92,7 @@ def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: D
             if not version:
                 continue  # a replacement of a paper we never stored: nobody here has seen it
             harvest.replaced += 1
-        if version < item.record.version or source != "api":
+        if version < item.record.version or source != "api" or arxiv_id in gained:
             wanted.append(arxiv_id)
     details = {record.arxiv_id: record for record in details_source.fetch_details(wanted)} if wanted else {}
     for arxiv_id in wanted:

@@ -43,5 +43,6 @@ def archived_digest(session: Session, settings: Settings, signer: LinkSigner, da
     )
     if delivered is None:
         raise NoDigest(day)
-    digest = compose_digest(session, settings, signer, subscriber, when)
+    # Updates pending now were not part of that mail.
+    digest = compose_digest(session, settings, signer, subscriber, when, with_updates=False)
     return DigestRenderer().render(digest, size_limit=10**9).html

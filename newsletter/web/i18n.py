@@ -233,6 +233,41 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
+# The manage page's digest schedule and extras (templates/web/_digest_choices.html), kept together.
+DIGEST_CHOICE_STRINGS: dict[str, dict[str, str]] = {
+    ENGLISH: {
+        "frequency": "How often",
+        "frequency_daily": "Every announcement day",
+        "frequency_weekly": "Once a week",
+        "weekday": "Weekly digest on",
+        "frequency_help": "A weekly digest goes out with the first announcement on or after the day you pick "
+        "and holds every paper matched since your previous digest, each once.",
+        "weekday_mon": "Monday", "weekday_tue": "Tuesday", "weekday_wed": "Wednesday", "weekday_thu": "Thursday",
+        "weekday_fri": "Friday", "weekday_sat": "Saturday", "weekday_sun": "Sunday",
+        "empty_day_note": "Send a short note when an announcement matched none of my keywords",
+        "updates": "Tell me when a paper I was sent gets a new version, a journal reference or a DOI",
+        "frequency_unknown": "Choose daily or weekly.",
+        "weekday_unknown": "Choose a weekday from the list.",
+    },
+    CHINESE: {
+        "frequency": "发送频率",
+        "frequency_daily": "每个公告日",
+        "frequency_weekly": "每周一次",
+        "weekday": "每周速递的发送日",
+        "frequency_help": "每周速递在您选定的那天当天或之后的第一次公告时发送，"
+        "包含自上一期以来匹配的全部论文，每篇只出现一次。",
+        "weekday_mon": "星期一", "weekday_tue": "星期二", "weekday_wed": "星期三", "weekday_thu": "星期四",
+        "weekday_fri": "星期五", "weekday_sat": "星期六", "weekday_sun": "星期日",
+        "empty_day_note": "公告中没有与我的关键词匹配的论文时，发一封简短的提示",
+        "updates": "之前发给我的论文有新版本、期刊引用或 DOI 时告诉我",
+        "frequency_unknown": "请选择每天或每周。",
+        "weekday_unknown": "请从列表中选择星期几。",
+    },
+}
+for _language, _strings in DIGEST_CHOICE_STRINGS.items():
+    STRINGS[_language].update(_strings)
+
+
 # The keyword parser's problems (newsletter.keywords.SyntaxProblem) in Chinese; English is the parser's own.
 KEYWORD_MESSAGES = {
     CHINESE: {

@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from newsletter.models import SubscriberStatus
+from newsletter.periods import WEEKDAY_NAMES, weekday_name
 from newsletter.subscribers import InvalidInput, change_by_link, delete_by_link, link_for, preferences_by_link
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose
 from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep
@@ -25,10 +26,12 @@ def manage_page(
     except InvalidToken as exc:
         return bad_link(request, exc)
     stored = {"keywords": "\n".join(keywords), "language": subscriber.language, "timezone": subscriber.timezone,
-              "paused": subscriber.status == SubscriberStatus.PAUSED}
+              "paused": subscriber.status == SubscriberStatus.PAUSED, "frequency": str(subscriber.frequency),
+              "weekday": weekday_name(subscriber.weekday), "empty_day_note": subscriber.empty_day_note,
+              "updates": subscriber.updates}
     form = {**stored, **context.pop("form", {})}  # type: ignore[dict-item]
     return page(request, "manage.html", status_code, token=token, email=subscriber.email,
-                status=str(subscriber.status), form=form,
+                status=str(subscriber.status), form=form, weekday_names=WEEKDAY_NAMES,
                 unsubscribe_token=link_for(signer, Purpose.UNSUBSCRIBE, subscriber), **context)
 
 
@@ -44,11 +47,11 @@ def manage(
     form: Annotated[ManageForm, Form()],
 ) -> HTMLResponse:
     """Save the preferences; or, for "Check keywords", show the counts."""
-    typed = {**form.fields(), "paused": form.paused}
+    typed = {**form.fields(), "paused": form.paused, **form.choice_fields()}
     if form.action == "preview":
         return manage_page(request, session, signer, token, form=typed, **keyword_preview(request, session, form.lines))
     try:
-        change_by_link(session, signer, token, form.fields(), form.paused)
+        change_by_link(session, signer, token, form.fields(), form.paused, form.choices())
     except InvalidToken as exc:
         return bad_link(request, exc)
     except InvalidInput as exc:
