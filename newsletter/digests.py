@@ -13,6 +13,7 @@ from sqlmodel import Session, col
 
 from newsletter.config import Settings
 from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation
+from newsletter.ranking import section_order
 from newsletter.render import Digest, DigestRenderer, KeywordSection, paper_view
 from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
 from newsletter.tokens import LinkSigner, SubscriberLinks, signing_key, subscriber_links
@@ -44,7 +45,7 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
             (col(Translation.arxiv_id) == col(Selection.arxiv_id)) & (col(Translation.language) == subscriber.language),
         )
         .where(col(Selection.day) == day, col(Selection.subscriber_id) == subscriber.id)
-        .order_by(col(Selection.keyword_position), col(Paper.arxiv_id))
+        .order_by(col(Selection.keyword_position), *section_order())
     )
     translation_wanted = not subscriber.language.upper().startswith("EN")
     for selection, paper, translation in rows:

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -22,6 +22,9 @@ class Purpose(StrEnum):
     MANAGE = "manage"
     UNSUBSCRIBE = "unsubscribe"
     ARCHIVE = "archive"
+    FEEDBACK = "feedback"  # "more like this" / "not for me" on a card
+    FEED = "feed"  # the private Atom feed: never expires, refused once the subscriber leaves
+
 
 
 # Confirmation links expire after 7 days; links in digests stay valid for a year.
@@ -30,6 +33,7 @@ MAX_AGE_SECONDS = {
     Purpose.MANAGE: 366 * 24 * 3600,
     Purpose.UNSUBSCRIBE: 366 * 24 * 3600,
     Purpose.ARCHIVE: 366 * 24 * 3600,
+    Purpose.FEEDBACK: 366 * 24 * 3600,
 }
 
 
@@ -83,6 +87,7 @@ class LinkSigner:
     """Makes and reads the tokens in confirmation, manage, unsubscribe and archive links."""
 
     def __init__(self, secret: str) -> None:
+        self._secret = secret
         self._serializer = URLSafeTimedSerializer(secret, salt="arxiv-digest-links")
 
     def make(self, purpose: Purpose, public_id: str, extra: str = "") -> str:
@@ -108,11 +113,38 @@ class LinkSigner:
         return TokenClaims(public_id=subscriber, extra=extra, issued_at=signed_at)
 
 
+    # Feedback and feed links are short: the public ID and its signature, no serialized payload (two
+    # feedback links on every card). The salt names the purpose, so one never passes for the other.
+    def make_short(self, purpose: Purpose, public_id: str) -> str:
+        """A compact token for `purpose` naming the subscriber's public ID (feedback and feed links)."""
+        return self._short_signer(purpose).sign(public_id).decode()
+
+    def read_short(self, token: str, purpose: Purpose) -> TokenClaims:
+        """The claims of a valid compact token for `purpose`; InvalidToken otherwise."""
+        signer = self._short_signer(purpose)
+        try:
+            if isinstance(signer, TimestampSigner):
+                value, signed_at = signer.unsign(token, max_age=MAX_AGE_SECONDS[purpose], return_timestamp=True)
+                return TokenClaims(public_id=value.decode(), issued_at=signed_at)
+            return TokenClaims(public_id=signer.unsign(token).decode())
+        except SignatureExpired as exc:
+            raise InvalidToken("This link has expired.", "expired") from exc
+        except (BadSignature, UnicodeDecodeError) as exc:
+            raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
+
+    def _short_signer(self, purpose: Purpose) -> Signer:
+        salt = f"arxiv-digest-{purpose.value}"
+        # A feed URL stays valid until the subscriber leaves: no timestamp to expire.
+        return Signer(self._secret, salt=salt) if purpose is Purpose.FEED else TimestampSigner(self._secret, salt=salt)
+
+
 @dataclass(frozen=True)
 class SubscriberLinks:
     manage: str
     unsubscribe: str
     archive: str
+    # Where this subscriber's feedback links start: "{feedback}/more/{arxiv_id}" (empty: no feedback links).
+    feedback: str = ""
 
 
 def subscriber_links(signer: LinkSigner, base_url: str, public_id: str, day: str) -> SubscriberLinks:
@@ -121,4 +153,5 @@ def subscriber_links(signer: LinkSigner, base_url: str, public_id: str, day: str
         manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, public_id)}",
         unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, public_id)}",
         archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, public_id, day)}",
+        feedback=f"{base_url}/feedback/{signer.make_short(Purpose.FEEDBACK, public_id)}",
     )
