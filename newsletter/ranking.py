@@ -45,8 +45,8 @@ def section_order() -> list[ColumnElement[Any]]:
         col(Selection.feedback_band).desc(),
         col(Selection.title_hit).desc(),
         col(Selection.distinct_terms).desc(),
-        col(Selection.announce_position),
-        col(Selection.arxiv_id),
+        col(Selection.announce_position).asc(),
+        col(Selection.arxiv_id).asc(),
     ]
 
 

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
+from newsletter.feedback import personal_section
 from newsletter.models import SubscriberStatus
 from newsletter.subscribers import InvalidInput, change_by_link, delete_by_link, preferences_by_link
 from newsletter.tokens import InvalidToken, LinkSigner
-from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep
+from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep, web_services
 from newsletter.web.forms import DeleteForm, ManageForm
 from newsletter.web.pages import bad_link, field_errors, keyword_preview, message, page
 
@@ -27,8 +28,9 @@ def manage_page(
     stored = {"keywords": "\n".join(keywords), "language": subscriber.language, "timezone": subscriber.timezone,
               "paused": subscriber.status == SubscriberStatus.PAUSED}
     form = {**stored, **context.pop("form", {})}  # type: ignore[dict-item]
+    personal = personal_section(session, web_services(request).settings, signer, subscriber)
     return page(request, "manage.html", status_code, token=token, email=subscriber.email,
-                status=str(subscriber.status), form=form, **context)
+                status=str(subscriber.status), form=form, personal=personal, **context)
 
 
 @router.get("/manage/{token}", response_class=HTMLResponse)
