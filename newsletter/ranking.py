@@ -151,12 +151,13 @@ class Similarity:
 def _cosines(texts: Mapping[str, str], day: list[str], named: list[str]) -> Any:
     """Cosines, day papers x named papers: dense when small enough, else a scipy sparse matrix; None if no words."""
     # Imported here: the web app and the delivery workers load this module for section_order() only.
+    import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     ids = list(dict.fromkeys([*day, *named]))
     position = {arxiv_id: number for number, arxiv_id in enumerate(ids)}
     # English stop words out, sublinear counts: a long abstract that repeats a word is not more alike.
-    vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, dtype="float32")
+    vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, dtype=np.float32)
     try:
         matrix = vectorizer.fit_transform([texts[arxiv_id] for arxiv_id in ids]).tocsr()
     except ValueError:  # nothing but stop words anywhere: no paper is like another
