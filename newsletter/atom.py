@@ -67,13 +67,14 @@ class FeedEntry:
 def feed_entries(session: Session, subscriber: Subscriber, today: dt.date | None = None) -> list[FeedEntry]:
     """Papers of the subscriber's sent digests of the last FEED_DAYS days, newest digest first, in digest order."""
     since = (today or dt.datetime.now(dt.UTC).date()) - dt.timedelta(days=FEED_DAYS)
-    keywords = dict(
-        session.execute(
+    keywords = {
+        position: expression
+        for position, expression in session.execute(
             select(col(SubscriberKeyword.position), col(SubscriberKeyword.expression)).where(
                 col(SubscriberKeyword.subscriber_id) == subscriber.id
             )
-        ).tuples()
-    )
+        )
+    }
     rows = session.execute(
         select(Selection, Paper, Translation, col(Delivery.sent_at), col(Delivery.claimed_at))
         .join(Delivery, (col(Delivery.subscriber_id) == col(Selection.subscriber_id))
@@ -132,8 +133,9 @@ def _add_entry(feed: FeedGenerator, host: str, subscriber: Subscriber, entry: Fe
     day = entry.day.isoformat()
     item.id(f"tag:{host},{day}:{subscriber.public_id}/{entry.position}/{paper.arxiv_id}")
     item.title(readable(paper.title))
+    # One link only: feedgen 1.0 drops rel and type of entry links, and Atom reads a bare link as alternate.
+    # The PDF is linked in the content.
     item.link(href=f"https://arxiv.org/abs/{paper.arxiv_id}", rel="alternate")
-    item.link(href=f"https://arxiv.org/pdf/{paper.arxiv_id}", rel="related", type="application/pdf")
     item.updated(_aware(entry.sent_at))
     item.published(_aware(entry.sent_at))
     item.category(term=entry.keyword, label=entry.keyword)
@@ -153,4 +155,6 @@ def _content_html(entry: FeedEntry) -> str:
     parts.append(f"<p>{escape(readable(paper.abstract))}</p>")
     if translation is not None:
         parts.append(f"<p>{escape(readable(translation.abstract))}</p>")
+    pdf = escape(f"https://arxiv.org/pdf/{paper.arxiv_id}")
+    parts.append(f'<p><a href="https://arxiv.org/abs/{escape(paper.arxiv_id)}">arXiv</a> · <a href="{pdf}">PDF</a></p>')
     return "".join(parts)
