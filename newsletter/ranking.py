@@ -17,6 +17,7 @@ match run, over the day's papers and the papers feedback names, and only when so
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,34 +131,49 @@ class Similarity:
         if day and named:
             self._cosines = _cosines(texts, day, named)
 
-    def closest(self, papers: Sequence[str], others: Sequence[str]) -> np.ndarray:
-        """For each of `papers`, the largest cosine to any of `others` (0 where unknown)."""
+    def closest(self, papers: Sequence[str], liked: Sequence[str], refused: Sequence[str]) -> np.ndarray:
+        """For each of `papers`, max cosine to a liked paper minus max cosine to a refused one (0 where unknown)."""
         import numpy as np
 
         result = np.zeros(len(papers), dtype=np.float32)
-        columns = [self._column[other] for other in others if other in self._column]
+        liked_columns = [self._column[other] for other in liked if other in self._column]
+        refused_columns = [self._column[other] for other in refused if other in self._column]
         known = [(number, self._row[paper]) for number, paper in enumerate(papers) if paper in self._row]
-        if self._cosines is None or not columns or not known:
+        if self._cosines is None or not (liked_columns or refused_columns) or not known:
             return result
         places, rows = zip(*known, strict=True)
+        columns = liked_columns + refused_columns
         if hasattr(self._cosines, "tocsr"):  # kept sparse: too many pairs for one dense array
             block = self._cosines[list(rows)][:, columns].toarray()
         else:
             block = self._cosines[np.ix_(rows, columns)]
-        result[list(places)] = block.max(axis=1)
+        # One block per subscriber: liked columns first, then refused ones.
+        split = len(liked_columns)
+        score = block[:, :split].max(axis=1) if split else 0
+        if split < len(columns):
+            score = score - block[:, split:].max(axis=1)
+        result[list(places)] = score
         return result
+
+
+_WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
 def _cosines(texts: Mapping[str, str], day: list[str], named: list[str]) -> Any:
     """Cosines, day papers x named papers: dense when small enough, else a scipy sparse matrix; None if no words."""
     # Imported here: the web app and the delivery workers load this module for section_order() only.
     import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+    def words(text: str) -> list[str]:
+        return [word for word in _WORD.findall(text.lower()) if word not in ENGLISH_STOP_WORDS]
 
     ids = list(dict.fromkeys([*day, *named]))
     position = {arxiv_id: number for number, arxiv_id in enumerate(ids)}
     # English stop words out, sublinear counts: a long abstract that repeats a word is not more alike.
-    vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, dtype=np.float32)
+    # TfidfVectorizer's own words (2+ word characters, lowercased) read by one findall per paper: its
+    # general analyzer (n-grams, preprocessor hooks) was half of the fit.
+    vectorizer = TfidfVectorizer(analyzer=words, sublinear_tf=True, dtype=np.float32)
     try:
         matrix = vectorizer.fit_transform([texts[arxiv_id] for arxiv_id in ids]).tocsr()
     except ValueError:  # nothing but stop words anywhere: no paper is like another
@@ -169,19 +185,38 @@ def _cosines(texts: Mapping[str, str], day: list[str], named: list[str]) -> Any:
 
 def add_feedback_signals(session: Session, rows: Sequence[dict[str, Any]], closeness: float) -> int:
     """Score the selection rows of subscribers who gave feedback; returns how many subscribers that was."""
-    by_subscriber: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_subscriber[row["subscriber_id"]].append(row)
+    by_subscriber = rows_by_subscriber(rows)
     tastes = load_tastes(session, by_subscriber)
     if not tastes:
         return 0
-    feedback_ids = sorted({arxiv_id for taste in tastes.values() for arxiv_id in (*taste.liked, *taste.refused)})
-    chosen_ids = sorted({row["arxiv_id"] for subscriber in tastes for row in by_subscriber[subscriber]})
-    similarity = Similarity(paper_texts(session, [*chosen_ids, *feedback_ids]), chosen_ids, feedback_ids)
+    named = {arxiv_id for taste in tastes.values() for arxiv_id in (*taste.liked, *taste.refused)}
+    chosen = {row["arxiv_id"] for subscriber in tastes for row in by_subscriber[subscriber]}
+    return rank_by_taste(by_subscriber, tastes, paper_texts(session, chosen | named), closeness)
+
+
+def rows_by_subscriber(rows: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Selection rows grouped by subscriber."""
+    grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[row["subscriber_id"]].append(row)
+    return grouped
+
+
+def rank_by_taste(
+    by_subscriber: Mapping[int, list[dict[str, Any]]], tastes: Mapping[int, Taste], texts: Mapping[str, str],
+    closeness: float,
+) -> int:
+    """Fill feedback_score and feedback_band of the rows of subscribers with a taste (no database)."""
+    tastes = {subscriber: taste for subscriber, taste in tastes.items() if by_subscriber.get(subscriber)}
+    if not tastes:
+        return 0
+    named = sorted({arxiv_id for taste in tastes.values() for arxiv_id in (*taste.liked, *taste.refused)})
+    chosen = sorted({row["arxiv_id"] for subscriber in tastes for row in by_subscriber[subscriber]})
+    similarity = Similarity(texts, chosen, named)
     for subscriber, taste in tastes.items():
         mine = by_subscriber[subscriber]
         papers = [row["arxiv_id"] for row in mine]
-        scores = similarity.closest(papers, taste.liked) - similarity.closest(papers, taste.refused)
+        scores = similarity.closest(papers, taste.liked, taste.refused)
         for row, score in zip(mine, scores.tolist(), strict=True):
             row["feedback_score"] = score
             row["feedback_band"] = 1 if score >= closeness else -1 if score <= -closeness else 0

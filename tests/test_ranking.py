@@ -162,9 +162,11 @@ def test_feedback_from_the_mail_ranks_papers_close_to_a_liked_one_first_and_clos
 def test_similarity_is_zero_for_papers_it_does_not_know_and_for_text_without_words() -> None:
     texts = {"a": DIFFUSION, "b": DIFFUSION_TOO, "c": TRAFFIC, "empty": "the of and"}
     similarity = Similarity(texts, ["b", "c", "missing"], ["a"])
-    close, unrelated, unknown = similarity.closest(["b", "c", "missing"], ["a"]).tolist()
-    assert close > 0.3 > unrelated and unknown == 0
-    assert Similarity({"x": "the of", "y": "and or"}, ["x"], ["y"]).closest(["x"], ["y"]).tolist() == [0]
+    close, unrelated, unknown = similarity.closest(["b", "c", "missing"], ["a"], []).tolist()
+    assert close > 0.3 > unrelated > 0 and unknown == 0
+    refused_only = similarity.closest(["b", "c"], [], ["a"]).tolist()
+    assert refused_only == [-close, -unrelated]
+    assert Similarity({"x": "the of", "y": "and or"}, ["x"], ["y"]).closest(["x"], ["y"], []).tolist() == [0]
 
 
 def test_the_announcement_order_lists_new_papers_by_id_then_cross_lists() -> None:
