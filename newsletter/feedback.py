@@ -29,6 +29,8 @@ from newsletter.models import (
 from newsletter.subscribers import subscriber_by_claims
 from newsletter.tokens import LinkSigner, Purpose
 
+ARXIV_ID_LENGTH = 40  # Paper.arxiv_id's column
+
 
 class NotFeedbackTarget(Exception):
     """The link names a verdict we do not know, or a paper the subscriber was never sent."""
@@ -59,8 +61,11 @@ def feedback_request(session: Session, signer: LinkSigner, token: str, verdict: 
     subscriber = subscriber_by_claims(session, signer.read_short(token, Purpose.FEEDBACK))
     try:
         wanted = FeedbackVerdict(verdict)
+        # What could not be a stored ID (a NUL byte, which PostgreSQL refuses, say) never reaches a query.
+        if not 0 < len(arxiv_id) <= ARXIV_ID_LENGTH or not arxiv_id.isprintable() or arxiv_id.strip() != arxiv_id:
+            raise ValueError(arxiv_id)
     except ValueError as exc:
-        raise NotFeedbackTarget(f"no verdict {verdict!r}") from exc
+        raise NotFeedbackTarget(f"no verdict {verdict!r} or no arXiv ID {arxiv_id!r}") from exc
     # Only papers the subscriber was sent (or selected for, as the archive and preview show them).
     received = exists().where(col(SentPaper.subscriber_id) == subscriber.id, col(SentPaper.arxiv_id) == arxiv_id)
     selected = exists().where(col(Selection.subscriber_id) == subscriber.id, col(Selection.arxiv_id) == arxiv_id)

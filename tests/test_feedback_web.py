@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from urllib.parse import quote
 
 import feedparser
 import pytest
@@ -59,7 +60,7 @@ def seed(session: Session, address: str = "ada@example.org") -> Subscriber:
 
 def feedback_path(settings: Settings, subscriber: Subscriber, verdict: str, arxiv_id: str) -> str:
     links = subscriber_links(LinkSigner(SECRET), settings.base_url, subscriber.public_id, DAY.isoformat())
-    return path_of(f"{links.feedback}/{verdict}/{arxiv_id}")
+    return path_of(f"{links.feedback}/{verdict}/{quote(arxiv_id, safe='/')}")
 
 
 def verdicts(session: Session) -> dict[str, FeedbackVerdict]:
@@ -217,3 +218,23 @@ def test_any_text_as_a_short_token_is_an_invalid_link_never_a_crash(text: str) -
         except InvalidToken:
             continue
         assert re.fullmatch(r"[\w-]+", claims.public_id or "")  # only a real signature gets here
+
+
+HOSTILE_IDS = [
+    "2611.00001v2", " 2611.00001", "2611.00001\x00", "%00", "..%2F..%2Fetc%2Fpasswd", "2611." + "9" * 60,
+    "2611.00001'; DROP TABLE paper_feedback; --", "２６１１.００００１", "\u202e10000.1162", "hep-th/9901001/more",
+]
+
+
+@pytest.mark.parametrize("arxiv_id", HOSTILE_IDS)
+def test_a_feedback_link_naming_no_paper_of_theirs_is_a_404_and_records_nothing(
+    settings: Settings, session: Session, arxiv_id: str
+) -> None:
+    subscriber = seed(session)
+    visitor = Visitor(settings)
+    path = feedback_path(settings, subscriber, "more", arxiv_id)
+    good = feedback_path(settings, subscriber, "more", "2611.00001")
+
+    assert visitor.get(path).status_code == 404
+    assert visitor.submit(good, path, {}).status_code == 404
+    assert verdicts(session) == {}
