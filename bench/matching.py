@@ -58,6 +58,7 @@ from newsletter.ranking import (  # noqa: E402
     add_match_signals,
     rank_by_taste,
     rows_by_subscriber,
+    tfidf_text,
 )
 
 REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "arxiv"
@@ -389,14 +390,14 @@ def feedback_workload(
     for subscriber in rng.sample(subscribers, int(len(subscribers) * args.feedback_share)):
         named = rng.sample(keys, 5)
         tastes[subscriber] = Taste(liked=named[:3], refused=named[3:])
-    return tastes, {paper.key: f"{paper.title}\n{paper.abstract}" for paper in earlier}
+    return tastes, {paper.key: tfidf_text(paper.title, paper.abstract) for paper in earlier}
 
 
 def run_ranking(args: argparse.Namespace) -> Figures:
     """The match stage's in-memory work without feedback, then the feedback ranking added to it."""
     papers, profiles = workload(args)
     tastes, earlier_texts = feedback_workload(args, [subscriber for subscriber, _ in profiles])
-    texts = {**earlier_texts, **{paper.key: f"{paper.title}\n{paper.abstract}" for paper in papers}}
+    texts = {**earlier_texts, **{paper.key: tfidf_text(paper.title, paper.abstract) for paper in papers}}
     clock = Clock()
     import sklearn.feature_extraction.text  # noqa: F401 - once per worker process, not per day
 

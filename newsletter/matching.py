@@ -23,7 +23,13 @@ from newsletter.models import (
     SubscriberKeyword,
     SubscriberStatus,
 )
-from newsletter.ranking import DEFAULT_CLOSENESS, add_feedback_signals, add_match_signals, day_announcements
+from newsletter.ranking import (
+    DEFAULT_CLOSENESS,
+    add_feedback_signals,
+    add_match_signals,
+    day_announcements,
+    tfidf_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,8 @@ def select_papers_for_day(
     chosen_ids = {row["arxiv_id"] for row in rows}
     titles = index.title_labels(paper_text(paper) for paper in papers if paper.arxiv_id in chosen_ids)
     add_match_signals(rows, titles, day_announcements(session, day))
-    with_feedback = add_feedback_signals(session, rows, closeness)
+    day_texts = {paper.arxiv_id: tfidf_text(paper.title, paper.abstract) for paper in papers}
+    with_feedback = add_feedback_signals(session, rows, closeness, day_texts)
     _replace_selections(session, day, rows)
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(

@@ -115,8 +115,13 @@ def paper_texts(session: Session, arxiv_ids: Iterable[str]) -> dict[str, str]:
                 col(Paper.arxiv_id).in_(wanted[start : start + 1000])
             )
         )
-        texts.update({arxiv_id: f"{title}\n{abstract}" for arxiv_id, title, abstract in rows})
+        texts.update({arxiv_id: tfidf_text(title, abstract) for arxiv_id, title, abstract in rows})
     return texts
+
+
+def tfidf_text(title: str, abstract: str) -> str:
+    """What TF-IDF reads of a paper."""
+    return f"{title}\n{abstract}"
 
 
 class Similarity:
@@ -183,15 +188,22 @@ def _cosines(texts: Mapping[str, str], day: list[str], named: list[str]) -> Any:
     return cosines.toarray() if cosines.shape[0] * cosines.shape[1] <= DENSE_LIMIT else cosines.tocsr()
 
 
-def add_feedback_signals(session: Session, rows: Sequence[dict[str, Any]], closeness: float) -> int:
-    """Score the selection rows of subscribers who gave feedback; returns how many subscribers that was."""
+def add_feedback_signals(
+    session: Session, rows: Sequence[dict[str, Any]], closeness: float, day_texts: Mapping[str, str] | None = None
+) -> int:
+    """Score the selection rows of subscribers who gave feedback; returns how many subscribers that was.
+
+    `day_texts`: the day's papers' text as paper_texts gives it, when the caller has them loaded already.
+    """
     by_subscriber = rows_by_subscriber(rows)
     tastes = load_tastes(session, by_subscriber)
     if not tastes:
         return 0
     named = {arxiv_id for taste in tastes.values() for arxiv_id in (*taste.liked, *taste.refused)}
     chosen = {row["arxiv_id"] for subscriber in tastes for row in by_subscriber[subscriber]}
-    return rank_by_taste(by_subscriber, tastes, paper_texts(session, chosen | named), closeness)
+    texts = dict(day_texts or {})
+    texts.update(paper_texts(session, (chosen | named) - texts.keys()))
+    return rank_by_taste(by_subscriber, tastes, texts, closeness)
 
 
 def rows_by_subscriber(rows: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

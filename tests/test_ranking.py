@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.keywords import KeywordIndex, PaperText
 from newsletter.models import FeedbackVerdict, PaperFeedback, Selection
 from newsletter.pipeline import production_transports, run_daily
 from newsletter.ranking import Similarity, announcement_order
@@ -172,3 +173,9 @@ def test_similarity_is_zero_for_papers_it_does_not_know_and_for_text_without_wor
 def test_the_announcement_order_lists_new_papers_by_id_then_cross_lists() -> None:
     rows = [("2611.00009", "cross"), ("2611.00005", "new"), ("2611.00001", "cross"), ("2611.00002", "new")]
     assert announcement_order(rows) == {"2611.00002": 0, "2611.00005": 1, "2611.00001": 2, "2611.00009": 3}
+
+
+def test_a_title_hit_counts_title_and_ti_terms_with_their_plurals_but_never_abs_terms() -> None:
+    index = KeywordIndex.build([(1, ["ti:diffusion policy", "abs:robot", "grasping", "au:Lovelace"])])
+    paper = PaperText("x", "Diffusion Policies for robot grasping", "A robot grasps.", ("Ada Lovelace",))
+    assert index.title_labels([paper]) == {"x": frozenset({"diffusion policy", "grasping"})}
