@@ -95,11 +95,7 @@ def select_papers_for_day(
     selected = index.select(map(paper_text, papers), processes)
     chosen = _new_selections(selected, day, _sent_before(session, day), _claimed(session, day))
     rows = list(chosen.values())
-    chosen_ids = {row["arxiv_id"] for row in rows}
-    titles = index.title_labels(paper_text(paper) for paper in papers if paper.arxiv_id in chosen_ids)
-    add_match_signals(rows, titles, day_announcements(session, day))
-    day_texts = {paper.arxiv_id: tfidf_text(paper.title, paper.abstract) for paper in papers}
-    with_feedback = add_feedback_signals(session, rows, closeness, day_texts)
+    with_feedback = _rank(session, day, index, papers, rows, closeness)
     _replace_selections(session, day, rows)
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(
@@ -115,6 +111,18 @@ def select_papers_for_day(
         unreadable_papers=len(index.unreadable),
         invalid_keywords=len(index.invalid),
     )
+
+
+def _rank(
+    session: Session, day: dt.date, index: KeywordIndex[int], papers: Sequence[Paper], rows: list[dict[str, Any]],
+    closeness: float,
+) -> int:
+    """Fill the rows' rank signals (newsletter.ranking); returns how many subscribers' feedback ranked them."""
+    chosen_ids = {row["arxiv_id"] for row in rows}
+    titles = index.title_labels(paper_text(paper) for paper in papers if paper.arxiv_id in chosen_ids)
+    add_match_signals(rows, titles, day_announcements(session, day))
+    day_texts = {paper.arxiv_id: tfidf_text(paper.title, paper.abstract) for paper in papers}
+    return add_feedback_signals(session, rows, closeness, day_texts)
 
 
 def _sent_before(session: Session, day: dt.date) -> set[tuple[int, str]]:

@@ -3,6 +3,7 @@ mails (card order), and feedback given through the links in those mails."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from newsletter.keywords import KeywordIndex, PaperText
 from newsletter.models import FeedbackVerdict, PaperFeedback, Selection
 from newsletter.pipeline import production_transports, run_daily
 from newsletter.ranking import Similarity, announcement_order
+from newsletter.render import HTML_SIZE_LIMIT
 from newsletter.subscribers import subscribe
 from tests.conftest import make_settings
 from tests.servers import ArxivServer, SmtpSink, build_feed, make_paper
@@ -179,3 +181,27 @@ def test_a_title_hit_counts_title_and_ti_terms_with_their_plurals_but_never_abs_
     index = KeywordIndex.build([(1, ["ti:diffusion policy", "abs:robot", "grasping", "au:Lovelace"])])
     paper = PaperText("x", "Diffusion Policies for robot grasping", "A robot grasps.", ("Ada Lovelace",))
     assert index.title_labels([paper]) == {"x": frozenset({"diffusion policy", "grasping"})}
+
+
+def test_every_card_carries_the_subscribers_own_two_feedback_links_and_a_full_day_stays_under_the_clip() -> None:
+    from tests.test_render import LINKS, make_digest, many_papers, render, visible
+
+    feedback = "https://digest.example.org/feedback/AbCdEfGhIjKlMnOpQrStUv.axB6Eg.ishC7D7oJ6Ws32qKlpVX1aXVZLY"
+    papers = many_papers(60)
+    digest = make_digest([("learning", papers[:40]), ("robotics", papers[40:])])
+    digest.links = dataclasses.replace(LINKS, feedback=feedback)
+
+    rendered = render(digest)
+
+    assert len(rendered.html.encode()) <= HTML_SIZE_LIMIT
+    _, hrefs = visible(rendered.html)
+    in_full = [paper for paper in papers if f'<a href="{paper.pdf_url}"' in rendered.html]
+    assert 5 <= len(in_full) == rendered.papers_in_full < 60
+    for paper in in_full:
+        assert f"{feedback}/more/{paper.arxiv_id}" in hrefs and f"{feedback}/less/{paper.arxiv_id}" in hrefs
+    assert [href for href in hrefs if "/feedback/" in href and not href.startswith(feedback)] == []
+    assert "多推荐类似的" in rendered.html and "\x02" not in rendered.html + rendered.text
+    assert all(f"不感兴趣: {feedback}/less/{paper.arxiv_id}" in rendered.text for paper in papers)
+    # Without a feedback base (a preview built by hand), the cards carry no feedback line at all.
+    plain = render(make_digest([("learning", papers[:3])]))
+    assert "/feedback/" not in plain.html + plain.text and "多推荐类似的" not in plain.html + plain.text
