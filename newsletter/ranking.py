@@ -62,13 +62,14 @@ def add_match_signals(
 ) -> None:
     """Fill each selection row's title_hit, distinct_terms and announce_position from its terms."""
     empty: frozenset[str] = frozenset()
+    title_of, position_of = title_labels.get, positions.get  # a day has up to 10^6 rows
     for row in rows:
-        terms = row["terms"]
-        row["title_hit"] = not title_labels.get(row["arxiv_id"], empty).isdisjoint(terms)
+        arxiv_id, terms = row["arxiv_id"], row["terms"]
+        row["title_hit"] = not title_of(arxiv_id, empty).isdisjoint(terms)
         row["distinct_terms"] = len(terms)
-        row["announce_position"] = positions.get(row["arxiv_id"], 0)
-        row.setdefault("feedback_score", 0.0)
-        row.setdefault("feedback_band", 0)
+        row["announce_position"] = position_of(arxiv_id, 0)
+        row["feedback_score"] = 0.0
+        row["feedback_band"] = 0
 
 
 @dataclass
