@@ -178,6 +178,9 @@ def test_the_private_feed_is_valid_atom_with_one_entry_per_paper_and_keyword(
     assert "Robots that flock." in swarm.content[0].value and swarm.updated_parsed[:3] == (2026, 11, 24)
     assert 'href="https://arxiv.org/pdf/2611.00001"' in swarm.content[0].value
     assert len({entry.id for entry in parsed.entries}) == len(PAPERS)
+    # A reader asking again with the ETag it got is told nothing changed.
+    again = visitor.get(path_of(url), headers={"If-None-Match": answer.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
 
 
 def test_the_feed_is_refused_after_unsubscribing_and_gone_after_deleting(settings: Settings, session: Session) -> None:

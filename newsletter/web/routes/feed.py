@@ -1,5 +1,7 @@
 """The private Atom feed of a subscriber's digests (the URL is listed on the manage page)."""
 
+import hashlib
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -26,5 +28,9 @@ def feed(
         return bad_link(request, exc)
     except FeedRefused:
         return message(request, 403, t("feed_title"), t("feed_refused"))
-    # Private to its reader; a reader polling every few minutes need not rebuild it each time.
-    return Response(document, media_type=ATOM_TYPE, headers={"Cache-Control": "private, max-age=600"})
+    # Private to its reader; a reader polling every few minutes gets a 304 while nothing changed.
+    etag = f'"{hashlib.sha256(document).hexdigest()[:32]}"'
+    headers = {"Cache-Control": "private, max-age=600", "ETag": etag}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(document, media_type=ATOM_TYPE, headers=headers)
