@@ -9,16 +9,19 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.db import make_engine
 from newsletter.keywords import KeywordIndex, PaperText
 from newsletter.models import FeedbackVerdict, PaperFeedback, Selection
 from newsletter.pipeline import production_transports, run_daily
 from newsletter.ranking import Similarity, announcement_order
 from newsletter.render import HTML_SIZE_LIMIT
+from newsletter.schema import alembic_config
 from newsletter.subscribers import subscribe
 from tests.conftest import make_settings
 from tests.servers import ArxivServer, SmtpSink, build_feed, make_paper
@@ -205,3 +208,33 @@ def test_every_card_carries_the_subscribers_own_two_feedback_links_and_a_full_da
     # Without a feedback base (a preview built by hand), the cards carry no feedback line at all.
     plain = render(make_digest([("learning", papers[:3])]))
     assert "/feedback/" not in plain.html + plain.text and "多推荐类似的" not in plain.html + plain.text
+
+
+def test_the_migration_keeps_existing_selections_in_their_old_order_and_downgrades(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004_translation_rejections")
+        connection.execute(text(
+            "INSERT INTO subscriber (public_id, email, language, timezone, status, created_at, "
+            "consecutive_hard_failures) VALUES ('p1', 'a@example.org', 'EN-US', 'UTC', 'active', CURRENT_TIMESTAMP, 0)"
+        ))
+        connection.execute(text(
+            "INSERT INTO paper (arxiv_id, version, title, abstract, authors, categories, primary_category, "
+            "details_source, harvested_at) VALUES ('2611.00001', 1, 't', 'a', '[]', '[]', '', 'api', CURRENT_TIMESTAMP)"
+        ))
+        connection.execute(text(
+            "INSERT INTO selection (day, subscriber_id, arxiv_id, keyword_position, terms) "
+            "VALUES ('2026-11-24', 1, '2611.00001', 0, '[]')"
+        ))
+        command.upgrade(config, "head")
+        kept = connection.execute(text(
+            "SELECT title_hit, distinct_terms, announce_position, feedback_score, feedback_band FROM selection"
+        )).one()
+        command.downgrade(config, "0004_translation_rejections")
+        columns = {column["name"] for column in inspect(connection).get_columns("selection")}
+        tables = inspect(connection).get_table_names()
+    engine.dispose()
+    assert tuple(kept) == (0, 0, 0, 0, 0)  # every signal equal: the old order (keyword, arXiv ID) holds
+    assert "title_hit" not in columns and "paper_feedback" not in tables
