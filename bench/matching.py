@@ -1,6 +1,6 @@
 """Benchmark: every subscriber's selection for one announcement day, engine vs. naive regexes.
 
-    python bench/matching.py [--subscribers 10000] [--papers 2000] [--naive-sample 60]
+    python bench/matching.py [--subscribers 10000] [--papers 2000] [--naive-sample 60] [--feedback-share 0.1]
 
 Papers are the real arXiv entries in tests/fixtures/reference/arxiv, re-keyed and with their
 abstract sentences shuffled to reach --papers. Profiles draw 1-3 word phrases that occur in
@@ -10,11 +10,18 @@ matches at least ~1/145 of them: a denser day than a real one, and the engine's 
 with the matches. Each method runs in a fresh subprocess so that peak memory figures do not
 mix. The naive way (a regex per subscriber keyword, run over each paper) runs on a fixed
 random sample of subscribers and is extrapolated linearly to all of them.
+
+Ranking: the match stage's in-memory work as select_papers_for_day does it (index, select, selection
+rows with their rank signals), then the added cost of ranking by feedback for --feedback-share of the
+subscribers, each with 5 verdicts (3 liked, 2 refused) on papers of earlier days: one TF-IDF fit over
+the day's chosen papers and the papers named, then per subscriber a max over their block of cosines.
+The naive way fits TF-IDF per subscriber over their own papers (sampled, extrapolated).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -45,6 +52,14 @@ from newsletter.keywords import (  # noqa: E402
     fold_text,
     parse_keyword,
 )
+from newsletter.matching import _new_selections  # noqa: E402
+from newsletter.ranking import (  # noqa: E402
+    Taste,
+    add_match_signals,
+    rank_by_taste,
+    rows_by_subscriber,
+    tfidf_text,
+)
 
 REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "arxiv"
 ATOM = {"a": "http://www.w3.org/2005/Atom"}
@@ -54,6 +69,7 @@ STOPWORDS = set(
     both also more most new two one only each all any how what when where while who whose
     show shows paper study approach method results propose proposed present""".split()
 )
+DAY = dt.date(2026, 5, 4)
 TEMPLATE_CATEGORIES = ["cs.SE", "cs.LG", "cs.AI", "cs.IT", "math.ST", "cs.*", "stat.*"]
 
 
@@ -360,18 +376,98 @@ def run_naive(args: argparse.Namespace) -> Figures:
     }
 
 
+def feedback_workload(
+    args: argparse.Namespace, subscribers: list[int]
+) -> tuple[dict[int, Taste], dict[str, str]]:
+    """5 verdicts (3 liked, 2 refused) on earlier days' papers for --feedback-share of the subscribers."""
+    rng = random.Random(4)
+    earlier = [
+        PaperText(f"2604.{number:05d}", paper.title, paper.abstract, paper.authors, paper.categories)
+        for number, paper in enumerate(make_papers(load_real_papers(), args.papers, random.Random(7)))
+    ]
+    keys = [paper.key for paper in earlier]
+    tastes = {}
+    for subscriber in rng.sample(subscribers, int(len(subscribers) * args.feedback_share)):
+        named = rng.sample(keys, 5)
+        tastes[subscriber] = Taste(liked=named[:3], refused=named[3:])
+    return tastes, {paper.key: tfidf_text(paper.title, paper.abstract) for paper in earlier}
+
+
+def run_ranking(args: argparse.Namespace) -> Figures:
+    """The match stage's in-memory work without feedback, then the feedback ranking added to it."""
+    papers, profiles = workload(args)
+    tastes, earlier_texts = feedback_workload(args, [subscriber for subscriber, _ in profiles])
+    texts = {**earlier_texts, **{paper.key: tfidf_text(paper.title, paper.abstract) for paper in papers}}
+    clock = Clock()
+    import sklearn.feature_extraction.text  # noqa: F401 - once per worker process, not per day
+
+    imports = clock.lap()
+    index = KeywordIndex.build(profiles)
+    selected = index.select(papers)
+    engine = clock.lap()
+    rows = list(_new_selections(selected, DAY, set(), set()).values())
+    selection_rows = clock.lap()
+    chosen = {row["arxiv_id"] for row in rows}
+    titles = index.title_labels(paper for paper in papers if paper.key in chosen)
+    add_match_signals(rows, titles, {paper.key: number for number, paper in enumerate(papers)})
+    signals = clock.lap()
+    by_subscriber = rows_by_subscriber(rows)
+    ranked = rank_by_taste(by_subscriber, tastes, texts, 0.15)
+    feedback = clock.lap()
+    sample = dict(list(tastes.items())[: args.naive_sample])
+    clock.lap()
+    for subscriber, taste in sample.items():
+        rank_by_taste({subscriber: by_subscriber[subscriber]}, {subscriber: taste}, texts, 0.15)
+    naive = clock.lap()
+    moved = sum(1 for subscriber in tastes for row in by_subscriber.get(subscriber, []) if row["feedback_band"])
+    return {
+        "engine": engine, "rows_built": selection_rows, "signals": signals, "imports": imports,
+        "feedback": feedback, "naive": naive,
+        "naive_sampled": len(sample), "with_feedback": ranked, "rows": len(rows),
+        "feedback_rows": sum(len(by_subscriber.get(subscriber, [])) for subscriber in tastes), "moved": moved,
+    }
+
+
+def print_ranking(args: argparse.Namespace) -> None:
+    """The ranking figures: the match stage without feedback beside the cost feedback adds."""
+    figures = in_subprocess("ranking", args)
+    engine, signals, feedback, naive = figures["engine"], figures["signals"], figures["feedback"], figures["naive"]
+    built = figures["rows_built"]
+    stage = (engine[0] + built[0] + signals[0], engine[1] + built[1] + signals[1])
+    scale = figures["with_feedback"] / max(1, figures["naive_sampled"])
+    print(f"\nranking: {figures['with_feedback']:,} of {args.subscribers:,} subscribers with feedback "
+          f"(5 verdicts each), {figures['feedback_rows']:,} of {figures['rows']:,} selection rows to score")
+    header = f"{'part of the match stage (one process)':<52}{'wall s':>10}{'CPU s':>10}"
+    print(header)
+    print("-" * len(header))
+    print(f"{'index build + select()':<52}{engine[0]:>10.3f}{engine[1]:>10.3f}")
+    print(f"{'selection rows (first keyword, merged terms)':<52}{built[0]:>10.3f}{built[1]:>10.3f}")
+    print(f"{'rank signals (title scan, distinct terms, position)':<52}{signals[0]:>10.3f}{signals[1]:>10.3f}")
+    print(f"{'= match stage without feedback':<52}{stage[0]:>10.3f}{stage[1]:>10.3f}")
+    print(f"{'+ feedback ranking: TF-IDF once per paper':<52}{feedback[0]:>10.3f}{feedback[1]:>10.3f}")
+    print(f"{'  naive: TF-IDF per subscriber (extrapolated)':<52}{naive[0] * scale:>10.3f}{naive[1] * scale:>10.3f}")
+    imports = figures["imports"]
+    print(f"{'(importing scikit-learn, once per process)':<52}{imports[0]:>10.3f}{imports[1]:>10.3f}")
+    print("(the stage's writes of the selection rows come on top of the stage's figure: the share is an upper bound)")
+    added = feedback[1] / stage[1]
+    print(f"feedback ranking adds {added:.1%} CPU ({feedback[0] / stage[0]:.1%} wall) to the match stage's "
+          f"in-memory work; target < 20%: {'met' if added < 0.2 else 'NOT met'}; "
+          f"naive / ours: {naive[1] * scale / feedback[1]:.0f}x; {figures['moved']:,} rows left the neutral band")
+
+
 METHODS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "setup": run_setup,
     "engine-select": lambda args: run_engine(args, per_paper=False),
     "engine-select-forked": lambda args: run_engine(args, per_paper=False, processes=Settings().match_processes),
     "engine-match": lambda args: run_engine(args, per_paper=True),
     "naive": run_naive,
+    "ranking": run_ranking,
 }
 
 
 def in_subprocess(method: str, args: argparse.Namespace) -> Figures:
     options = ["--subscribers", args.subscribers, "--papers", args.papers, "--keywords", args.keywords]
-    options += ["--naive-sample", args.naive_sample, "--method", method]
+    options += ["--naive-sample", args.naive_sample, "--feedback-share", args.feedback_share, "--method", method]
     command = [sys.executable, __file__, *map(str, options)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     figures: Figures = json.loads(output.strip().splitlines()[-1])
@@ -413,10 +509,15 @@ def main() -> None:
     parser.add_argument("--papers", type=int, default=2_000)
     parser.add_argument("--keywords", type=int, default=5, help="keywords per subscriber")
     parser.add_argument("--naive-sample", type=int, default=60, help="subscribers the naive way runs for")
+    parser.add_argument("--feedback-share", type=float, default=0.1, help="share of subscribers with feedback")
+    parser.add_argument("--ranking-only", action="store_true", help="print only the ranking figures")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method:
         print(json.dumps(METHODS[args.method](args)))
+        return
+    if args.ranking_only:
+        print_ranking(args)
         return
 
     papers, profiles = workload(args)
@@ -492,6 +593,7 @@ def main() -> None:
     )
     for difference in differences[:10]:
         print(f"  differs: {difference}")
+    print_ranking(args)
 
 
 if __name__ == "__main__":

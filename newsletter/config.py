@@ -105,6 +105,8 @@ class Settings(BaseSettings):
 
     # Processes the match stage scans papers in (forked, for a large day); 1 keeps it in one.
     match_processes: int = Field(2, ge=1, le=64)
+    # The TF-IDF cosine margin that ranks a paper with those liked (or refused); newsletter.ranking.
+    feedback_closeness: float = Field(0.15, gt=0, le=1)
 
     # The service (Celery workers and beat); see README "Running the full service".
     delivery_chunk_size: int = Field(200, ge=1, le=10_000)

@@ -25,6 +25,7 @@ from newsletter.models import (
 )
 from newsletter.periods import carried_since
 from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view
+from newsletter.ranking import section_order
 from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
 from newsletter.tokens import LinkSigner, SubscriberLinks, signing_key, subscriber_links
 from newsletter.updates import pending_updates
@@ -107,7 +108,7 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
             # Not yet mailed, or mailed with this very digest (the archive shows it as it was sent).
             or_(col(SentPaper.arxiv_id).is_(None), col(SentPaper.day) == day),
         )
-        .order_by(col(Selection.keyword_position), col(Selection.day), col(Paper.arxiv_id))
+        .order_by(col(Selection.keyword_position), *section_order())
     )
     translation_wanted = not subscriber.language.upper().startswith("EN")
     shown: set[str] = set()

@@ -23,6 +23,13 @@ from newsletter.models import (
     SubscriberKeyword,
     SubscriberStatus,
 )
+from newsletter.ranking import (
+    DEFAULT_CLOSENESS,
+    add_feedback_signals,
+    add_match_signals,
+    day_announcements,
+    tfidf_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class MatchResult:
     selections: int
     subscribers_with_papers: int
     processes: int = 1  # that scanned the papers
+    subscribers_with_feedback: int = 0  # whose sections were ranked by their feedback too
     # Papers no keyword could be matched against, and stored keywords that no longer parse: each
     # is logged with its arXiv ID or subscriber; the rest of the day is matched as usual.
     unreadable_papers: int = 0
@@ -67,10 +75,13 @@ def paper_text(paper: Paper) -> PaperText:
     )
 
 
-def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) -> MatchResult:
-    """Replace the day's selections with what every profile matches (caller commits).
+def select_papers_for_day(
+    session: Session, day: dt.date, processes: int = 1, closeness: float = DEFAULT_CLOSENESS
+) -> MatchResult:
+    """Replace the day's selections with what every profile matches, ranked (caller commits).
 
-    `processes` > 1 lets the engine scan shares of the papers in forked processes.
+    `processes` > 1 lets the engine scan shares of the papers in forked processes. `closeness` is the
+    TF-IDF cosine margin that puts a paper in a feedback band (newsletter.ranking).
     """
     profiles = load_profiles(session)
     index = KeywordIndex.build(profiles.items())
@@ -83,7 +94,9 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
     ).all()
     selected = index.select(map(paper_text, papers), processes)
     chosen = _new_selections(selected, day, _sent_before(session, day), _claimed(session, day))
-    _replace_selections(session, day, list(chosen.values()))
+    rows = list(chosen.values())
+    with_feedback = _rank(session, day, index, papers, rows, closeness)
+    _replace_selections(session, day, rows)
     # Counted over the whole day, so a rerun that kept claimed digests' selections reports them too.
     totals = session.execute(
         select(func.count(), func.count(func.distinct(col(Selection.subscriber_id)))).where(col(Selection.day) == day)
@@ -94,9 +107,22 @@ def select_papers_for_day(session: Session, day: dt.date, processes: int = 1) ->
         selections=int(totals[0]),
         subscribers_with_papers=int(totals[1]),
         processes=index.processes_used or 1,
+        subscribers_with_feedback=with_feedback,
         unreadable_papers=len(index.unreadable),
         invalid_keywords=len(index.invalid),
     )
+
+
+def _rank(
+    session: Session, day: dt.date, index: KeywordIndex[int], papers: Sequence[Paper], rows: list[dict[str, Any]],
+    closeness: float,
+) -> int:
+    """Fill the rows' rank signals (newsletter.ranking); returns how many subscribers' feedback ranked them."""
+    chosen_ids = {row["arxiv_id"] for row in rows}
+    titles = index.title_labels(paper_text(paper) for paper in papers if paper.arxiv_id in chosen_ids)
+    add_match_signals(rows, titles, day_announcements(session, day))
+    day_texts = {paper.arxiv_id: tfidf_text(paper.title, paper.abstract) for paper in papers}
+    return add_feedback_signals(session, rows, closeness, day_texts)
 
 
 def _sent_before(session: Session, day: dt.date) -> set[tuple[int, str]]:

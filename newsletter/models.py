@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Date,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -269,6 +270,15 @@ class Selection(SQLModel, table=True):
     )
     keyword_position: int
     terms: list[str] = Field(default_factory=list, sa_column=Column(JSON_VALUE, nullable=False))
+    # The order within a keyword's section (newsletter.ranking), decided in the match stage:
+    # feedback_band descending, title_hit first, distinct_terms descending, announce_position.
+    title_hit: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    distinct_terms: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    announce_position: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # Max TF-IDF cosine to a paper the subscriber liked minus the max to one they refused (0: no feedback).
+    feedback_score: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
+    # 1: close to a liked paper, -1: close to a refused one (and not to a liked one), 0: neither.
+    feedback_band: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
 
 
 class DeliveryStatus(StrEnum):
@@ -328,6 +338,26 @@ class SentPaper(SQLModel, table=True):
     version: int | None = None
     journal_ref: str | None = Field(default=None, sa_column=Column(Text))
     doi: str | None = Field(default=None, max_length=200)
+
+
+class FeedbackVerdict(StrEnum):
+    MORE = "more"  # "more like this"
+    LESS = "less"  # "not for me"
+
+
+class PaperFeedback(SQLModel, table=True):
+    """A subscriber's verdict on a paper they were sent; a later verdict on the same paper replaces it."""
+
+    __tablename__ = "paper_feedback"
+
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
+    )
+    arxiv_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
+    )
+    verdict: FeedbackVerdict = Field(sa_column=Column(String(8), nullable=False))
+    created_at: dt.datetime = Field(default_factory=utcnow)
 
 
 class AppSecret(SQLModel, table=True):

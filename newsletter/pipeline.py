@@ -295,7 +295,7 @@ def harvest_day(
 def match_day(session: Session, settings: Settings, day: dt.date) -> MatchResult:
     """Select every subscriber's papers for the day and record the counts."""
     started = time.perf_counter()
-    match = select_papers_for_day(session, day, settings.match_processes)
+    match = select_papers_for_day(session, day, settings.match_processes, settings.feedback_closeness)
     session.commit()
     details = {key: value for key, value in vars(match).items() if key != "selections"}
     runs.record_stage(session, day, Stage.MATCH, time.perf_counter() - started, details, selections=match.selections)

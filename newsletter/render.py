@@ -52,6 +52,15 @@ FRAGMENT_CACHE_LIMIT = 50_000
 PAGE_BACKGROUND = "#f6f8fa"
 # How much the frame (header, keyword headings, footer) may differ in size between two digests.
 FRAME_SIZE_SLACK = 4_000
+# Cards are rendered once for every subscriber; their feedback links (feedback.html, feedback.txt) start
+# with this mark, which each subscriber's render replaces by their own signed links.links.feedback. It
+# holds a control character, which visible() strips from every paper text, so no text can forge it.
+FEEDBACK_MARK = "\x02feedback\x02"
+FEEDBACK_LINKS_PER_CARD = 2
+_FEEDBACK_LINES = {
+    True: re.compile(f'<p\\b[^>]*><a href="{re.escape(FEEDBACK_MARK)}.*?</p>', re.DOTALL),  # HTML
+    False: re.compile(f"^.*{re.escape(FEEDBACK_MARK)}.*\n?", re.MULTILINE),  # the text part
+}
 
 CATEGORY_NAMES = {
     "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
@@ -89,6 +98,7 @@ LABELS = {
         ),
         "translation_missing": "Translation not available for this paper yet.",
         "preheader": "{count} new papers · {keywords}", "preheader_one": "1 new paper · {keywords}",
+        "more_like_this": "More like this", "not_for_me": "Not for me",
     },
     "zh": {
         "heading": "arXiv 每日速递 · {day}", "day_format": "{year}年{month_number}月{day}日 {weekday}",
@@ -108,6 +118,7 @@ LABELS = {
         "translation_note": "今天部分论文暂时无法翻译,仅显示英文,翻译将在之后补上。",
         "translation_missing": "本文的中文翻译暂不可用。",
         "preheader": "{count} 篇新论文 · {keywords}", "preheader_one": "1 篇新论文 · {keywords}",
+        "more_like_this": "多推荐类似的", "not_for_me": "不感兴趣",
     },
 }
 WEEKDAYS = {
@@ -657,9 +668,9 @@ class DigestRenderer:
     def _render_fragments(self, paper: PaperView, group: str) -> PaperFragments:
         _, card_template, more_template = self._html_templates
         labels = LABELS[group]
-        card = Markup(card_template.render(paper=paper, labels=labels))
+        card = Markup(card_template.render(paper=paper, labels=labels, feedback=FEEDBACK_MARK))
         more = Markup(more_template.render(paper=paper, labels=labels))
-        text = self._text_templates[1].render(paper=paper, labels=labels)
+        text = self._text_templates[1].render(paper=paper, labels=labels, feedback=FEEDBACK_MARK)
         return PaperFragments(card, len(card.encode()), more, len(more.encode()), text)
 
     def render(self, digest: Digest, size_limit: int = HTML_SIZE_LIMIT) -> RenderedDigest:
@@ -668,6 +679,10 @@ class DigestRenderer:
         labels = context["labels"]
         per_section = [[self.fragments(p, digest.language) for p in s.papers + s.overflow] for s in digest.sections]
         text = self._text_templates[0].render(context, sections=self._sections(digest, per_section, labels, None))
+        text = with_feedback_links(text, digest.links.feedback, html=False)
+        extra = FEEDBACK_LINKS_PER_CARD * (len(digest.links.feedback.encode()) - len(FEEDBACK_MARK))
+        if digest.links.feedback and extra:  # sizes as this subscriber's cards will weigh
+            per_section = [[dataclasses.replace(f, card_size=f.card_size + extra) for f in s] for s in per_section]
         html, shown = self._fit_html(digest, context, per_section, size_limit)
         total = digest.paper_count
         return RenderedDigest(
@@ -688,6 +703,7 @@ class DigestRenderer:
         base = self._frame_bytes.get(shape)
         if base is None or base + cards <= size_limit + FRAME_SIZE_SLACK:
             html = frame.render(context, sections=self._sections(digest, per_section, labels, None))
+            html = with_feedback_links(html, digest.links.feedback)
             size = len(html.encode())
             if size <= size_limit:
                 self._frame_bytes[shape] = size - cards
@@ -707,6 +723,7 @@ class DigestRenderer:
             rest = [f for count, fragments in zip(full, per_section, strict=True) for f in fragments[count:]]
             titles = _titles_that_fit(rest, more_budget)
             html = frame.render(context, sections=self._sections(digest, per_section, labels, (full, titles)))
+            html = with_feedback_links(html, digest.links.feedback)
             if len(html.encode()) <= size_limit or (keep == 0 and titles == 0):
                 return html, keep
             if keep > 0:
@@ -737,6 +754,13 @@ class DigestRenderer:
                 )
             )
         return views
+
+
+def with_feedback_links(rendered: str, feedback: str, html: bool = True) -> str:
+    """The rendered digest with the subscriber's feedback links in place (no such lines without them)."""
+    if feedback:
+        return rendered.replace(FEEDBACK_MARK, feedback)
+    return _FEEDBACK_LINES[html].sub("", rendered) if FEEDBACK_MARK in rendered else rendered
 
 
 def _round_robin(per_section: list[list[PaperFragments]]) -> list[tuple[int, PaperFragments]]:

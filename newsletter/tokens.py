@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -22,14 +22,20 @@ class Purpose(StrEnum):
     MANAGE = "manage"
     UNSUBSCRIBE = "unsubscribe"
     ARCHIVE = "archive"
+    FEEDBACK = "feedback"  # "more like this" / "not for me" on a card
+    FEED = "feed"  # the private Atom feed: never expires, refused once the subscriber leaves
+
 
 
 # Confirmation links expire after 7 days; links in digests stay valid for a year.
+# Joins the public ID and the generation inside a compact token (public IDs are URL-safe base64: no "~").
+GENERATION_MARK = "~"
 MAX_AGE_SECONDS = {
     Purpose.CONFIRM: 7 * 24 * 3600,
     Purpose.MANAGE: 366 * 24 * 3600,
     Purpose.UNSUBSCRIBE: 366 * 24 * 3600,
     Purpose.ARCHIVE: 366 * 24 * 3600,
+    Purpose.FEEDBACK: 366 * 24 * 3600,
 }
 
 
@@ -85,6 +91,7 @@ class LinkSigner:
     """Makes and reads the tokens in confirmation, manage, unsubscribe and archive links."""
 
     def __init__(self, secret: str) -> None:
+        self._secret = secret
         self._serializer = URLSafeTimedSerializer(secret, salt="arxiv-digest-links")
 
     def make(self, purpose: Purpose, public_id: str, extra: str = "", generation: int = 0) -> str:
@@ -116,11 +123,43 @@ class LinkSigner:
         return TokenClaims(public_id=subscriber, extra=extra, issued_at=signed_at, generation=generation)
 
 
+    # Feedback and feed links are short: the public ID and its signature, no serialized payload (two
+    # feedback links on every card). The salt names the purpose, so one never passes for the other.
+    def make_short(self, purpose: Purpose, public_id: str, generation: int = 0) -> str:
+        """A compact token for `purpose` naming the subscriber's public ID and generation (feedback and feed
+        links); generation 0 is left out, so links made before generations read the same."""
+        value = public_id if generation == 0 else f"{public_id}{GENERATION_MARK}{generation}"
+        return self._short_signer(purpose).sign(value).decode()
+
+    def read_short(self, token: str, purpose: Purpose) -> TokenClaims:
+        """The claims of a valid compact token for `purpose`; InvalidToken otherwise."""
+        signer = self._short_signer(purpose)
+        try:
+            signed_at = None
+            if isinstance(signer, TimestampSigner):
+                value, signed_at = signer.unsign(token, max_age=MAX_AGE_SECONDS[purpose], return_timestamp=True)
+            else:
+                value = signer.unsign(token)
+            public_id, _, generation = value.decode().partition(GENERATION_MARK)
+            return TokenClaims(public_id=public_id, issued_at=signed_at, generation=int(generation or 0))
+        except SignatureExpired as exc:
+            raise InvalidToken("This link has expired.", "expired") from exc
+        except (BadSignature, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidToken("This link is not valid: it may have been altered or cut short.") from exc
+
+    def _short_signer(self, purpose: Purpose) -> Signer:
+        salt = f"arxiv-digest-{purpose.value}"
+        # A feed URL stays valid until the subscriber leaves: no timestamp to expire.
+        return Signer(self._secret, salt=salt) if purpose is Purpose.FEED else TimestampSigner(self._secret, salt=salt)
+
+
 @dataclass(frozen=True)
 class SubscriberLinks:
     manage: str
     unsubscribe: str
     archive: str
+    # Where this subscriber's feedback links start: "{feedback}/more/{arxiv_id}" (empty: no feedback links).
+    feedback: str = ""
 
 
 def subscriber_links(
@@ -131,4 +170,5 @@ def subscriber_links(
         manage=f"{base_url}/manage/{signer.make(Purpose.MANAGE, public_id, generation=generation)}",
         unsubscribe=f"{base_url}/unsubscribe/{signer.make(Purpose.UNSUBSCRIBE, public_id, generation=generation)}",
         archive=f"{base_url}/archive/{day}/{signer.make(Purpose.ARCHIVE, public_id, day, generation)}",
+        feedback=f"{base_url}/feedback/{signer.make_short(Purpose.FEEDBACK, public_id, generation)}",
     )

@@ -387,6 +387,25 @@ class KeywordIndex(Generic[K]):
                 self._scan_category(category.lower(), present)
         return present
 
+    def title_labels(self, papers: Iterable[PaperText]) -> dict[str, frozenset[str]]:
+        """Per paper key, the terms (as written) found in its title: a rank signal, apart from matching.
+
+        Titles only, so it costs a small share of the day's scan; abs: terms never count here.
+        """
+        found: dict[str, frozenset[str]] = {}
+        scanner = self._text_scanner
+        if scanner is None:
+            return found
+        terms = self._terms
+        for paper in papers:
+            present: set[int] = set()
+            try:
+                scanner.scan(_stream(f"{fold_text(paper.title)}{_FIELD_BREAK}"), present)
+            except Exception:  # noqa: BLE001 - _present_terms logged this paper already; it just ranks lower
+                continue
+            found[paper.key] = frozenset(terms[term_id].text for term_id in present)
+        return found
+
     def _present_terms_of(self, papers: list[PaperText], processes: int) -> Iterator[set[int]]:
         """Each paper's present terms, in order; forked processes take shares when there are many."""
         shares = min(processes, len(papers) // _MIN_PAPERS_PER_PROCESS)

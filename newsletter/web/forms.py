@@ -61,3 +61,9 @@ class ManageForm(PreferencesForm):
 
 class DeleteForm(BaseModel):
     confirm_delete: str = Field("", max_length=8)
+
+
+class ClearFeedbackForm(BaseModel):
+    """The manage page's "forget" buttons: one paper's verdict, or every verdict when empty."""
+
+    arxiv_id: str = Field("", max_length=40)

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
+from newsletter.feedback import personal_section
 from newsletter.models import SubscriberStatus
 from newsletter.periods import WEEKDAY_NAMES, weekday_name
 from newsletter.subscribers import InvalidInput, change_by_link, delete_by_link, link_for, preferences_by_link
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose
-from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep
+from newsletter.web.deps import Guarded, PageLanguage, SessionDep, SignerDep, web_services
 from newsletter.web.forms import DeleteForm, ManageForm
 from newsletter.web.pages import bad_link, field_errors, keyword_preview, message, page
 
@@ -30,8 +31,9 @@ def manage_page(
               "weekday": weekday_name(subscriber.weekday), "empty_day_note": subscriber.empty_day_note,
               "updates": subscriber.updates}
     form = {**stored, **context.pop("form", {})}  # type: ignore[dict-item]
+    personal = personal_section(session, web_services(request).settings, signer, subscriber)
     return page(request, "manage.html", status_code, token=token, email=subscriber.email,
-                status=str(subscriber.status), form=form, weekday_names=WEEKDAY_NAMES,
+                status=str(subscriber.status), form=form, weekday_names=WEEKDAY_NAMES, personal=personal,
                 unsubscribe_token=link_for(signer, Purpose.UNSUBSCRIBE, subscriber), **context)
 
 
