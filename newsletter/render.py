@@ -28,6 +28,7 @@ from premailer import Premailer
 from newsletter.config import TEMPLATES_DIR
 from newsletter.keywords import highlight_spans
 from newsletter.latex import latex_to_unicode
+from newsletter.taxonomy import category_name
 
 if TYPE_CHECKING:
     # Only the rows' shape: rendering reads what it is handed and never queries the database.
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 # Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
 HTML_SIZE_LIMIT = 100_000
-AUTHORS_SHOWN = 8
+# Every author up to this many is named; a longer list ends in "et al. (N authors)".
+AUTHORS_SHOWN = 20
 EASTERN = ZoneInfo("America/New_York")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # Announcements go out at 20:00 US Eastern on the evening before the announcement day's date.
@@ -52,25 +54,12 @@ PAGE_BACKGROUND = "#f6f8fa"
 # How much the frame (header, keyword headings, footer) may differ in size between two digests.
 FRAME_SIZE_SLACK = 4_000
 
-CATEGORY_NAMES = {
-    "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
-    "cs.CV": "Computer Vision and Pattern Recognition", "cs.LG": "Machine Learning",
-    "cs.RO": "Robotics", "stat.ML": "Machine Learning (stat)", "cs.NE": "Neural and Evolutionary Computing",
-    "cs.IR": "Information Retrieval", "cs.SE": "Software Engineering", "cs.CR": "Cryptography and Security",
-    "cs.HC": "Human-Computer Interaction", "cs.MA": "Multiagent Systems", "cs.SY": "Systems and Control",
-    "eess.SY": "Systems and Control", "cs.DC": "Distributed, Parallel, and Cluster Computing",
-    "cs.DS": "Data Structures and Algorithms", "cs.GT": "Computer Science and Game Theory",
-    "cs.IT": "Information Theory", "cs.PL": "Programming Languages", "cs.LO": "Logic in Computer Science",
-    "cs.NI": "Networking and Internet Architecture", "cs.SD": "Sound", "eess.AS": "Audio and Speech Processing",
-    "eess.IV": "Image and Video Processing", "eess.SP": "Signal Processing", "math.OC": "Optimization and Control",
-    "stat.ME": "Methodology", "stat.TH": "Statistics Theory", "q-bio.NC": "Neurons and Cognition",
-}
-
 LABELS = {
     "en": {
         "heading": "arXiv digest · {day}", "day_format": "{weekday}, {day} {month} {year}",
         "announced": "Announced {eastern} US Eastern ({eastern_abbr})",
         "local": "That is {local} in your time zone ({tz}, UTC{offset})",
+        "generated": "Generated {local} in your time zone ({tz}, UTC{offset})",
         "count": "{count} new papers for you today", "count_one": "1 new paper for you today",
         "count_zero": "No new papers for you today",
         "subject": "arXiv digest {day}: {count} new papers", "subject_one": "arXiv digest {day}: 1 new paper",
@@ -93,6 +82,7 @@ LABELS = {
         "heading": "arXiv 每日速递 · {day}", "day_format": "{year}年{month_number}月{day}日 {weekday}",
         "announced": "arXiv 发布时间: {eastern} 美东时间 ({eastern_abbr})",
         "local": "您的时区: {local} ({tz}, UTC{offset})",
+        "generated": "生成时间: {local} ({tz}, UTC{offset})",
         "count": "今天共有 {count} 篇相关文章", "count_one": "今天共有 1 篇相关文章",
         "count_zero": "今天没有相关的新文章",
         "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "subject_one": "arXiv 每日速递 {day}: 1 篇新论文",
@@ -153,7 +143,13 @@ def subjects_line(categories: Sequence[str], primary: str) -> str:
 
 def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     ordered = [primary, *[c for c in categories if c != primary]] if primary else list(categories)
-    return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
+    return [_subject_name(c) for c in dict.fromkeys(ordered) if c]
+
+
+@lru_cache(maxsize=1024)
+def _subject_name(code: str) -> str:
+    name = category_name(code)
+    return f"{name} ({code})" if name else code
 
 
 # Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi
@@ -247,8 +243,8 @@ class PaperView:
 
     @property
     def authors_hidden(self) -> int:
-        """How many authors 'et al.' stands for (long lists only: two names are never hidden)."""
-        return len(self.authors) - AUTHORS_SHOWN if len(self.authors) > AUTHORS_SHOWN + 2 else 0
+        """How many authors 'et al.' stands for: none up to AUTHORS_SHOWN names."""
+        return max(len(self.authors) - AUTHORS_SHOWN, 0)
 
     # Names, comments and journal references carry LaTeX accents and stray controls too. Read on
     # first use, as the title is: a view is made per subscriber, its card rendered once per paper.
@@ -313,6 +309,8 @@ class Digest:
     sections: list[KeywordSection]
     links: SubscriberLinks
     translation_missing: bool = False
+    # When the digest was made (aware); None means now, at render time.
+    generated_at: dt.datetime | None = None
 
     @property
     def paper_count(self) -> int:
@@ -397,6 +395,15 @@ def _header_lines(day: dt.date, group: str, timezone: str, language: str) -> tup
     )
 
 
+@lru_cache(maxsize=1024)
+def _generated_line(minute: dt.datetime, group: str, timezone: str, language: str) -> str:
+    zone, zone_name = _zone(timezone, language)
+    local = minute.astimezone(zone)
+    return LABELS[group]["generated"].format(
+        local=local.strftime("%Y-%m-%d %H:%M"), tz=zone_name, offset=_utc_offset(local)
+    )
+
+
 def digest_context(digest: Digest) -> dict:
     """The per-subscriber values around the papers: header lines, subject, preheader, links, labels."""
     group = language_group(digest.language)
@@ -404,6 +411,9 @@ def digest_context(digest: Digest) -> dict:
     count = digest.paper_count
     heading, announced_line, local_line = _header_lines(digest.day, group, digest.timezone, digest.language)
     counts = [(s.keyword, len(s.papers) + len(s.overflow)) for s in digest.sections]
+    generated = digest.generated_at or dt.datetime.now(dt.UTC)
+    if generated.tzinfo is None:
+        generated = generated.replace(tzinfo=dt.UTC)  # a naive time from the database is UTC
     if count == 0:
         count_line = labels["count_zero"]
     else:
@@ -417,6 +427,8 @@ def digest_context(digest: Digest) -> dict:
         ),
         "preheader_padding": PREHEADER_PADDING,
         "heading": heading,
+        "generated_line": _generated_line(generated.replace(second=0, microsecond=0), group, digest.timezone,
+                                          digest.language),
         "announced_line": announced_line,
         "local_line": local_line,
         "count_line": count_line,
@@ -489,30 +501,65 @@ def compile_email_template(path: Path) -> str:
         allow_network=False,
         cssutils_logging_level=logging.CRITICAL,
         keep_style_tags=False,
+        # The dark-scheme rules are left in <head> (a media query cannot be inlined) and must still win
+        # over the inline light colours.
+        strip_important=False,
         disable_validation=True,
     ).transform()
     # lxml percent-encodes spaces in href values, which breaks "{{ link }}" placeholders.
     inlined = re.sub(r"\{\{(.*?)\}\}", lambda m: "{{" + unquote(m.group(1)) + "}}", inlined)
     inlined = re.sub(r"\{%(.*?)%\}", lambda m: "{%" + unquote(m.group(1)) + "%}", inlined)
-    return slim(make_email_safe(inlined))
+    return slim(add_color_schemes(make_email_safe(inlined)))
+
+
+# The dark block as premailer leaves it in <head>; MJML's own blocks are the other <style> elements.
+_DARK_STYLE = re.compile(r"<style\b[^>]*>\s*(@media \(prefers-color-scheme: dark\).*?)</style>", re.DOTALL)
+_STYLE = re.compile(r"<style\b[^>]*>.*?</style>", re.DOTALL)
+COLOR_SCHEME_META = (
+    '<meta name="color-scheme" content="light dark">\n<meta name="supported-color-schemes" content="light dark">\n'
+)
+
+
+def add_color_schemes(html: str) -> str:
+    """Declare light and dark support (meta and :root) beside the dark block, which stays in <head>."""
+    rules = ":root{color-scheme:light dark;supported-color-schemes:light dark}"
+    return html.replace("</head>", f"{COLOR_SCHEME_META}<style>{rules}</style>\n</head>", 1)
 
 
 def slim(html: str) -> str:
     """Drop what inlining left useless, so more papers fit under Gmail's clipping size."""
-    html = re.sub(r'\sclass="[^"]*"', "", html)  # no <style> is left for a class to refer to
+    used = set(re.findall(r"\.([a-z][\w-]*)", " ".join(_STYLE.findall(html))))
+    # A class only the (inlined) light rules named has done its work; the dark block's classes stay.
+    html = re.sub(r'\sclass="([^"]*)"', lambda m: _kept_classes(m.group(1), used), html)
     html = re.sub(r'(<p\b[^>]*style=")display:block;\s*', r"\1", html)  # a <p> is a block anyway
+    html = re.sub(r'(<b\b[^>]*)\sbgcolor="[^"]*"', r"\1", html)  # the inline style says it already
+    html = re.sub(r'\sstyle="([^"]*)"', lambda m: f' style="{_compact_style(m.group(1))}"', html)
     return re.sub(r"\n[ \t]+", "\n", html)  # indentation only; a newline stays a space
+
+
+def _kept_classes(names: str, used: set[str]) -> str:
+    kept = [name for name in names.split() if name in used]
+    return f' class="{" ".join(kept)}"' if kept else ""
+
+
+def _compact_style(style: str) -> str:
+    return re.sub(r"\s*([:;,])\s*", r"\1", style.strip()).rstrip(";")
 
 
 def make_email_safe(html: str) -> str:
     """Drop what Gmail (mobile web), Outlook (Windows, Windows Mail, apps) or Apple Mail refuse.
 
-    Everything is inlined already, so <style> blocks only held MJML's responsive rules (a single column
-    needs none) and nothing else; role/aria attributes, word-break/word-spacing and the <body> element
-    are listed by caniemail.com as unsupported there (the wrapper div carries the background instead).
+    Everything is inlined already, so MJML's <style> blocks only held its responsive rules (a single
+    column needs none); the dark-scheme block is kept, compacted, for the clients that apply it.
+    role/aria attributes, word-break/word-spacing and the <body> element are listed by caniemail.com
+    as unsupported there (the wrapper div carries the background instead).
     """
+    dark = _DARK_STYLE.search(html)
     html = re.sub(r"<!--\[if[^\]]*\]>\s*<style.*?</style>\s*<!\[endif\]-->", "", html, flags=re.DOTALL)
-    html = re.sub(r"<style\b[^>]*>.*?</style>", "", html, flags=re.DOTALL)
+    html = _STYLE.sub("", html)
+    if dark is not None:
+        css = re.sub(r"\s*([{}:;,])\s*", r"\1", re.sub(r"\s+", " ", dark.group(1))).replace(";}", "}")
+        html = html.replace("</head>", f"<style>{css}</style>\n</head>", 1)
     html = re.sub(r"<link\b[^>]*>", "", html)
     html = re.sub(r'\s(?:role|aria-[a-z]+)="[^"]*"', "", html)
     html = re.sub(r"\s*word-(?:break|spacing):\s*[^;\"]*;?", "", html)
