@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from icu4py.breakers import LineBreaker
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 from markupsafe import Markup
 from mjml import mjml2html
@@ -589,52 +590,46 @@ def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
 
 _WIDE = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
 _HAS_WIDE = re.compile(f"[{_WIDE}]")
-# A CJK character is a word of its own (and two columns wide); other words are runs without spaces.
-_WRAP_TOKEN = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
+# Punctuation that closes or follows what is before it: a line never starts with one (kinsoku).
+NO_LINE_START = frozenset("，。、：；！？）」』】〕〉》〗〙〛｝］｠〞…‥・ー々〃ゝゞヽヾ,.;:!?)]}%")
 
 
-def _columns(token: str) -> int:
-    return 2 * len(token) if unicodedata.east_asian_width(token[0]) in "WF" else len(token)
+def _columns(text: str) -> int:
+    """Terminal columns: two for a wide (CJK) character, one for the rest."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _cannot_start_line(char: str) -> bool:
+    return char in NO_LINE_START or unicodedata.category(char) in ("Pe", "Pf")
+
+
+def line_pieces(text: str) -> list[str]:
+    """`text` cut where Unicode line breaking (UAX #14, ICU) allows a break, each piece with its trailing spaces."""
+    pieces: list[str] = []
+    for piece in LineBreaker(text, "zh" if _HAS_WIDE.search(text) else "en"):
+        # ICU allows a break after a space even before "：" or "；" (UAX #14 rule LB18), which Chinese never
+        # does; and after the hyphen of "reference-guided", which a reader then takes for a broken word.
+        if pieces and (_cannot_start_line(piece[0]) or pieces[-1].endswith("-")):
+            pieces[-1] += piece
+        else:
+            pieces.append(piece)
+    return pieces
 
 
 @lru_cache(maxsize=4096)
 def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
-    """Word wrap for the text part by terminal columns, breaking Chinese between characters."""
+    """Wrap for the text part by terminal columns, breaking where Chinese and English line-breaking rules allow."""
     # Cached: a translated abstract is the same for every subscriber who gets the paper.
-    if not _HAS_WIDE.search(text):
-        return _wrap_words(text.split(), width, indent)
     lines: list[str] = []
-    line: list[str] = []
-    used = 0
-    space = False
-    for token in _WRAP_TOKEN.findall(text):
-        if token.isspace():
-            space = bool(line)
-            continue
-        gap = 1 if space else 0
-        columns = _columns(token)
-        if line and used + gap + columns > width:
-            lines.append("".join(line))
-            line, used, gap = [], 0, 0
-        line.append(" " * gap + token)
-        used += gap + columns
-        space = False
-    if line:
-        lines.append("".join(line))
-    return "\n".join(indent + line for line in lines)
-
-
-def _wrap_words(words: list[str], width: int, indent: str) -> str:
-    lines: list[str] = []
-    line = ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    if line:
-        lines.append(line)
+    line, used = "", 0
+    for piece in line_pieces(" ".join(text.split())):
+        if line and used + _columns(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line, used = "", 0
+        line += piece
+        used += _columns(piece)
+    if line.strip():
+        lines.append(line.rstrip())
     return "\n".join(indent + line for line in lines)
 
 
