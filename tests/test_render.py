@@ -156,7 +156,7 @@ def test_each_paper_shows_both_titles_authors_subjects_comment_links_and_both_ab
     assert translation.title in rendered.text and "Accepted to the International Conference" in rendered.text
 
 
-def test_the_header_gives_the_day_when_it_was_generated_the_announcement_in_eastern_and_local_time_and_the_count() -> None:
+def test_the_header_gives_the_day_the_time_it_was_generated_and_the_announcement_in_eastern_and_local_time() -> None:
     papers = [view(p, ["learning"]) for p in sample_papers()[:3]]
     zh = render(make_digest([("learning", papers)]))
     en = render(make_digest([("learning", papers)], language="EN-US", timezone="Europe/Berlin"))
