@@ -29,7 +29,7 @@ from premailer import Premailer
 from newsletter.config import TEMPLATES_DIR
 from newsletter.keywords import highlight_spans
 from newsletter.latex import latex_to_unicode
-from newsletter.taxonomy import category_name
+from newsletter.taxonomy import subject_label
 
 if TYPE_CHECKING:
     # Only the rows' shape: rendering reads what it is handed and never queries the database.
@@ -149,8 +149,7 @@ def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
 
 @lru_cache(maxsize=1024)
 def _subject_name(code: str) -> str:
-    name = category_name(code)
-    return f"{name} ({code})" if name else code
+    return subject_label(code)
 
 
 # Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,3 +31,21 @@ def category_names() -> dict[str, str]:
 def category_name(code: str) -> str | None:
     """The category's name ('cs.LG' -> 'Machine Learning'), or None for a code arXiv never had."""
     return category_names().get(code)
+
+
+# arXiv's API lists an old paper's Mathematics Subject Classification and ACM Computing Classification
+# codes among its categories ("53C", "68T05", "I.2.6"): not arXiv categories, but shown for what they are.
+_MSC = re.compile(r"\d\d[A-Z](?:\d\d|xx)?|\d\d-(?:\d\d|XX)")
+_ACM = re.compile(r"[A-K]\.(?:\d+|m)(?:\.\d+|\.m)?")
+
+
+def subject_label(code: str) -> str:
+    """'Machine Learning (cs.LG)', 'MSC 53C', 'ACM I.2.6', or the code itself when nothing is known of it."""
+    name = category_name(code)
+    if name:
+        return f"{name} ({code})"
+    if _MSC.fullmatch(code):
+        return f"MSC {code}"
+    if _ACM.fullmatch(code):
+        return f"ACM {code}"
+    return code
