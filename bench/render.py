@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import html as htmllib
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -208,11 +210,23 @@ def seed_day() -> Digest:
     )
 
 
+def markup_bytes(html: str) -> int:
+    """Bytes of `html` that are not the text a reader sees (tags, attributes, entities beyond one character)."""
+    text = htmllib.unescape(re.sub(r"<!--.*?-->|<style.*?</style>|<title>.*?</title>|<[^>]+>", "", html, flags=re.S))
+    return len(html.encode()) - len(text.encode())
+
+
 def seed_day_line(label: str, renderer: DigestRenderer) -> str:
-    whole = renderer.render(fresh(seed_day()), size_limit=10**9)
+    digest = fresh(seed_day())
+    whole = renderer.render(digest, size_limit=10**9)
     sent = renderer.render(fresh(seed_day()))
+    cards = [renderer.fragments(paper, digest.language).card for paper in digest.sections[0].papers]
+    card_markup = sum(markup_bytes(card) for card in cards) / len(cards)
+    frame = "".join(whole.html.split("".join(cards))) if "".join(cards) in whole.html else whole.html
     return (f"{label}: HTML part {len(sent.html.encode()):,} bytes as sent, {sent.papers_in_full} of 24 papers "
-            f"in full ({len(whole.html.encode()):,} bytes with all 24 in full)")
+            f"in full ({len(whole.html.encode()):,} bytes with all 24 in full, of it "
+            f"{markup_bytes(whole.html):,} bytes markup: {card_markup:,.0f} a paper card, "
+            f"{markup_bytes(frame):,} the frame)")
 
 
 def rate(renderer: DigestRenderer, inputs: list[Digest]) -> tuple[float, float, float, int, int]:

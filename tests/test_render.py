@@ -25,8 +25,10 @@ from newsletter.render import (
     _compiled_email,
     compiled_email,
     paper_view,
+    readable,
 )
 from newsletter.tokens import SubscriberLinks
+from tests.real_text import reference_day
 
 DAY = dt.date(2026, 11, 24)  # a Tuesday: announced Monday 23 Nov, 20:00 EST
 LINKS = SubscriberLinks(
@@ -36,7 +38,7 @@ LINKS = SubscriberLinks(
 )
 GENERATED = dt.datetime(2026, 11, 24, 0, 41, 7, tzinfo=dt.UTC)  # the morning after the announcement
 GMAIL_CLIP_BYTES = 102 * 1024
-HIT = r'<b class="hit" style="background-color:#fff1a8[^"]*"[^>]*>(.*?)</b>'
+HIT = r'<b class="hit" style="background:#fff1a8[^"]*"[^>]*>(.*?)</b>'
 
 
 @lru_cache(maxsize=1)
@@ -204,7 +206,7 @@ def test_matched_words_are_highlighted_in_the_html_and_marked_in_the_text() -> N
 
     rendered = render(digest)
 
-    highlighted = re.findall(r'<b class="hit" style="background-color:#fff1a8[^"]*"[^>]*>(.*?)</b>', rendered.html)
+    highlighted = re.findall(r'<b class="hit" style="background:#fff1a8[^"]*"[^>]*>(.*?)</b>', rendered.html)
     assert "Reinforcement Learning" in highlighted  # in the title
     assert any(h.lower() == "reinforcement learning" for h in highlighted[1:])  # and in the abstract
     assert "* Mutation Testing of Deep *Reinforcement Learning* Based on Real Faults" in rendered.text
@@ -442,3 +444,39 @@ def test_a_published_paper_shows_its_journal_reference_and_links_its_doi() -> No
     assert "Journal reference: Softw. Test. Verif. Reliab. 32(4), 2022" in text
     assert "https://doi.org/10.1002/stvr.1815" in hrefs
     assert "DOI:   https://doi.org/10.1002/stvr.1815" in rendered.text
+
+
+def test_the_html_declares_light_and_dark_and_keeps_its_dark_block_in_the_head() -> None:
+    missing = paper_view(sample_papers()[0], None, ["learning"], translation_wanted=True)
+    rendered = render(make_digest([("learning", [*many_papers(3), missing]), ("quantum", [])]))
+
+    head, body = rendered.html.split("</head>")
+    assert '<meta name="color-scheme" content="light dark">' in head
+    assert '<meta name="supported-color-schemes" content="light dark">' in head
+    (dark,) = re.findall(r"<style>@media \(prefers-color-scheme:dark\)\{(.*)\}</style>", head)
+    assert "!important" in dark  # it must win over the inline light colours
+    # Every class the dark block styles is still on the elements it is for.
+    classes = set(re.findall(r"\.([a-z][\w-]*)", dark))
+    on_elements = {name for names in re.findall(r'class="([^"]*)"', body) for name in names.split()}
+    assert classes == on_elements
+
+
+def test_the_reference_day_fits_whole_in_one_html_part() -> None:
+    references = reference_day()
+    papers = [
+        paper_view(
+            Paper(arxiv_id=r.paper.arxiv_id, version=1, title=r.paper.title, abstract=r.paper.abstract,
+                  authors=list(r.paper.authors), categories=list(r.paper.categories),
+                  primary_category=r.paper.primary_category),
+            Translation(arxiv_id=r.paper.arxiv_id, language="ZH-HANS", title=r.title_zh, abstract=r.abstract_zh),
+            ["reinforcement learning"], translation_wanted=True,
+        )
+        for r in references
+    ]
+
+    rendered = render(make_digest([("reinforcement learning", papers), ("diffusion policy", [])]))
+
+    assert rendered.papers_in_full == 24 and rendered.papers_by_title == 0
+    assert len(rendered.html.encode()) <= HTML_SIZE_LIMIT
+    text, _ = visible(rendered.html)
+    assert all(" ".join(readable(r.abstract_zh).split()) in text for r in references)
