@@ -144,12 +144,7 @@ def subjects_line(categories: Sequence[str], primary: str) -> str:
 
 def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     ordered = [primary, *[c for c in categories if c != primary]] if primary else list(categories)
-    return [_subject_name(c) for c in dict.fromkeys(ordered) if c]
-
-
-@lru_cache(maxsize=1024)
-def _subject_name(code: str) -> str:
-    return subject_label(code)
+    return [subject_label(c) for c in dict.fromkeys(ordered) if c]
 
 
 # Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi

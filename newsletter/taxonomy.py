@@ -39,6 +39,7 @@ _MSC = re.compile(r"\d\d[A-Z](?:\d\d|xx)?|\d\d-(?:\d\d|XX)")
 _ACM = re.compile(r"[A-K]\.(?:\d+|m)(?:\.\d+|\.m)?")
 
 
+@lru_cache(maxsize=4096)
 def subject_label(code: str) -> str:
     """'Machine Learning (cs.LG)', 'MSC 53C', 'ACM I.2.6', or the code itself when nothing is known of it."""
     name = category_name(code)
