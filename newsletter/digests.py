@@ -126,6 +126,7 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
         sections=sections,
         links=links,
         translation_missing=any(p.translation_missing for s in sections for p in s.papers),
+        generated_at=dt.datetime.now(dt.UTC),
     )
 
 

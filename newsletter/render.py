@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from icu4py.breakers import LineBreaker
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 from markupsafe import Markup
 from mjml import mjml2html
@@ -28,6 +29,7 @@ from premailer import Premailer
 from newsletter.config import TEMPLATES_DIR
 from newsletter.keywords import highlight_spans
 from newsletter.latex import latex_to_unicode
+from newsletter.taxonomy import subject_label
 
 if TYPE_CHECKING:
     # Only the rows' shape: rendering reads what it is handed and never queries the database.
@@ -37,9 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Gmail clips an HTML part above 102 KB (102,400 bytes); keep a margin below it.
-HTML_SIZE_LIMIT = 100_000
-AUTHORS_SHOWN = 8
+# Gmail clips an HTML part above 102 KB (102,400 bytes). The renderer measures the exact bytes it sends,
+# so the margin only covers a client's own counting (line endings): about 1%.
+HTML_SIZE_LIMIT = 101_400
+# Every author up to this many is named; a longer list ends in "et al. (N authors)".
+AUTHORS_SHOWN = 20
 EASTERN = ZoneInfo("America/New_York")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # Announcements go out at 20:00 US Eastern on the evening before the announcement day's date.
@@ -58,22 +62,8 @@ FRAME_SIZE_SLACK = 4_000
 FEEDBACK_MARK = "\x02feedback\x02"
 FEEDBACK_LINKS_PER_CARD = 2
 _FEEDBACK_LINES = {
-    True: re.compile(f'<p\\b[^>]*><a href="{re.escape(FEEDBACK_MARK)}.*?</p>', re.DOTALL),  # HTML
+    True: re.compile(f' · <a href="{re.escape(FEEDBACK_MARK)}[^"]*">[^<]*</a>'),  # HTML: each link and its separator
     False: re.compile(f"^.*{re.escape(FEEDBACK_MARK)}.*\n?", re.MULTILINE),  # the text part
-}
-
-CATEGORY_NAMES = {
-    "cs.AI": "Artificial Intelligence", "cs.CL": "Computation and Language",
-    "cs.CV": "Computer Vision and Pattern Recognition", "cs.LG": "Machine Learning",
-    "cs.RO": "Robotics", "stat.ML": "Machine Learning (stat)", "cs.NE": "Neural and Evolutionary Computing",
-    "cs.IR": "Information Retrieval", "cs.SE": "Software Engineering", "cs.CR": "Cryptography and Security",
-    "cs.HC": "Human-Computer Interaction", "cs.MA": "Multiagent Systems", "cs.SY": "Systems and Control",
-    "eess.SY": "Systems and Control", "cs.DC": "Distributed, Parallel, and Cluster Computing",
-    "cs.DS": "Data Structures and Algorithms", "cs.GT": "Computer Science and Game Theory",
-    "cs.IT": "Information Theory", "cs.PL": "Programming Languages", "cs.LO": "Logic in Computer Science",
-    "cs.NI": "Networking and Internet Architecture", "cs.SD": "Sound", "eess.AS": "Audio and Speech Processing",
-    "eess.IV": "Image and Video Processing", "eess.SP": "Signal Processing", "math.OC": "Optimization and Control",
-    "stat.ME": "Methodology", "stat.TH": "Statistics Theory", "q-bio.NC": "Neurons and Cognition",
 }
 
 LABELS = {
@@ -81,6 +71,7 @@ LABELS = {
         "heading": "arXiv digest · {day}", "day_format": "{weekday}, {day} {month} {year}",
         "announced": "Announced {eastern} US Eastern ({eastern_abbr})",
         "local": "That is {local} in your time zone ({tz}, UTC{offset})",
+        "generated": "Generated {local} in your time zone ({tz}, UTC{offset})",
         "count": "{count} new papers for you today", "count_one": "1 new paper for you today",
         "count_zero": "No new papers for you today",
         "subject": "arXiv digest {day}: {count} new papers", "subject_one": "arXiv digest {day}: 1 new paper",
@@ -104,6 +95,7 @@ LABELS = {
         "heading": "arXiv 每日速递 · {day}", "day_format": "{year}年{month_number}月{day}日 {weekday}",
         "announced": "arXiv 发布时间: {eastern} 美东时间 ({eastern_abbr})",
         "local": "您的时区: {local} ({tz}, UTC{offset})",
+        "generated": "生成时间: {local} ({tz}, UTC{offset})",
         "count": "今天共有 {count} 篇相关文章", "count_one": "今天共有 1 篇相关文章",
         "count_zero": "今天没有相关的新文章",
         "subject": "arXiv 每日速递 {day}: {count} 篇新论文", "subject_one": "arXiv 每日速递 {day}: 1 篇新论文",
@@ -165,7 +157,7 @@ def subjects_line(categories: Sequence[str], primary: str) -> str:
 
 def _subject_names(categories: Sequence[str], primary: str) -> list[str]:
     ordered = [primary, *[c for c in categories if c != primary]] if primary else list(categories)
-    return [f"{CATEGORY_NAMES[c]} ({c})" if c in CATEGORY_NAMES else c for c in dict.fromkeys(ordered) if c]
+    return [subject_label(c) for c in dict.fromkeys(ordered) if c]
 
 
 # Control characters (NUL is not allowed in mail at all), the byte-order mark, and the bidi
@@ -259,8 +251,8 @@ class PaperView:
 
     @property
     def authors_hidden(self) -> int:
-        """How many authors 'et al.' stands for (long lists only: two names are never hidden)."""
-        return len(self.authors) - AUTHORS_SHOWN if len(self.authors) > AUTHORS_SHOWN + 2 else 0
+        """How many authors 'et al.' stands for: none up to AUTHORS_SHOWN names."""
+        return max(len(self.authors) - AUTHORS_SHOWN, 0)
 
     # Names, comments and journal references carry LaTeX accents and stray controls too. Read on
     # first use, as the title is: a view is made per subscriber, its card rendered once per paper.
@@ -331,6 +323,8 @@ class Digest:
     @property
     def papers(self) -> list[PaperView]:
         return [p for s in self.sections for p in (*s.papers, *s.overflow)]
+    # When the digest was made (aware); None means now, at render time.
+    generated_at: dt.datetime | None = None
 
     @property
     def paper_count(self) -> int:
@@ -415,6 +409,15 @@ def _header_lines(day: dt.date, group: str, timezone: str, language: str) -> tup
     )
 
 
+@lru_cache(maxsize=1024)
+def _generated_line(minute: dt.datetime, group: str, timezone: str, language: str) -> str:
+    zone, zone_name = _zone(timezone, language)
+    local = minute.astimezone(zone)
+    return LABELS[group]["generated"].format(
+        local=local.strftime("%Y-%m-%d %H:%M"), tz=zone_name, offset=_utc_offset(local)
+    )
+
+
 def digest_context(digest: Digest) -> dict:
     """The per-subscriber values around the papers: header lines, subject, preheader, links, labels."""
     group = language_group(digest.language)
@@ -422,6 +425,9 @@ def digest_context(digest: Digest) -> dict:
     count = digest.paper_count
     heading, announced_line, local_line = _header_lines(digest.day, group, digest.timezone, digest.language)
     counts = [(s.keyword, len(s.papers) + len(s.overflow)) for s in digest.sections]
+    generated = digest.generated_at or dt.datetime.now(dt.UTC)
+    if generated.tzinfo is None:
+        generated = generated.replace(tzinfo=dt.UTC)  # a naive time from the database is UTC
     if count == 0:
         count_line = labels["count_zero"]
     else:
@@ -435,6 +441,8 @@ def digest_context(digest: Digest) -> dict:
         ),
         "preheader_padding": PREHEADER_PADDING,
         "heading": heading,
+        "generated_line": _generated_line(generated.replace(second=0, microsecond=0), group, digest.timezone,
+                                          digest.language),
         "announced_line": announced_line,
         "local_line": local_line,
         "count_line": count_line,
@@ -515,30 +523,65 @@ def compile_email_template(path: Path) -> str:
         allow_network=False,
         cssutils_logging_level=logging.CRITICAL,
         keep_style_tags=False,
+        # The dark-scheme rules are left in <head> (a media query cannot be inlined) and must still win
+        # over the inline light colours.
+        strip_important=False,
         disable_validation=True,
     ).transform()
     # lxml percent-encodes spaces in href values, which breaks "{{ link }}" placeholders.
     inlined = re.sub(r"\{\{(.*?)\}\}", lambda m: "{{" + unquote(m.group(1)) + "}}", inlined)
     inlined = re.sub(r"\{%(.*?)%\}", lambda m: "{%" + unquote(m.group(1)) + "%}", inlined)
-    return slim(make_email_safe(inlined))
+    return slim(add_color_schemes(make_email_safe(inlined)))
+
+
+# The dark block as premailer leaves it in <head>; MJML's own blocks are the other <style> elements.
+_DARK_STYLE = re.compile(r"<style\b[^>]*>\s*(@media \(prefers-color-scheme: dark\).*?)</style>", re.DOTALL)
+_STYLE = re.compile(r"<style\b[^>]*>.*?</style>", re.DOTALL)
+COLOR_SCHEME_META = (
+    '<meta name="color-scheme" content="light dark">\n<meta name="supported-color-schemes" content="light dark">\n'
+)
+
+
+def add_color_schemes(html: str) -> str:
+    """Declare light and dark support (meta and :root) beside the dark block, which stays in <head>."""
+    rules = ":root{color-scheme:light dark;supported-color-schemes:light dark}"
+    return html.replace("</head>", f"{COLOR_SCHEME_META}<style>{rules}</style>\n</head>", 1)
 
 
 def slim(html: str) -> str:
     """Drop what inlining left useless, so more papers fit under Gmail's clipping size."""
-    html = re.sub(r'\sclass="[^"]*"', "", html)  # no <style> is left for a class to refer to
+    used = set(re.findall(r"\.([a-z][\w-]*)", " ".join(_STYLE.findall(html))))
+    # A class only the (inlined) light rules named has done its work; the dark block's classes stay.
+    html = re.sub(r'\sclass="([^"]*)"', lambda m: _kept_classes(m.group(1), used), html)
     html = re.sub(r'(<p\b[^>]*style=")display:block;\s*', r"\1", html)  # a <p> is a block anyway
+    html = re.sub(r'(<b\b[^>]*)\sbgcolor="[^"]*"', r"\1", html)  # the inline style says it already
+    html = re.sub(r'\sstyle="([^"]*)"', lambda m: f' style="{_compact_style(m.group(1))}"', html)
     return re.sub(r"\n[ \t]+", "\n", html)  # indentation only; a newline stays a space
+
+
+def _kept_classes(names: str, used: set[str]) -> str:
+    kept = [name for name in names.split() if name in used]
+    return f' class="{" ".join(kept)}"' if kept else ""
+
+
+def _compact_style(style: str) -> str:
+    return re.sub(r"\s*([:;,])\s*", r"\1", style.strip()).rstrip(";")
 
 
 def make_email_safe(html: str) -> str:
     """Drop what Gmail (mobile web), Outlook (Windows, Windows Mail, apps) or Apple Mail refuse.
 
-    Everything is inlined already, so <style> blocks only held MJML's responsive rules (a single column
-    needs none) and nothing else; role/aria attributes, word-break/word-spacing and the <body> element
-    are listed by caniemail.com as unsupported there (the wrapper div carries the background instead).
+    Everything is inlined already, so MJML's <style> blocks only held its responsive rules (a single
+    column needs none); the dark-scheme block is kept, compacted, for the clients that apply it.
+    role/aria attributes, word-break/word-spacing and the <body> element are listed by caniemail.com
+    as unsupported there (the wrapper div carries the background instead).
     """
+    dark = _DARK_STYLE.search(html)
     html = re.sub(r"<!--\[if[^\]]*\]>\s*<style.*?</style>\s*<!\[endif\]-->", "", html, flags=re.DOTALL)
-    html = re.sub(r"<style\b[^>]*>.*?</style>", "", html, flags=re.DOTALL)
+    html = _STYLE.sub("", html)
+    if dark is not None:
+        css = re.sub(r"\s*([{}:;,])\s*", r"\1", re.sub(r"\s+", " ", dark.group(1))).replace(";}", "}")
+        html = html.replace("</head>", f"<style>{css}</style>\n</head>", 1)
     html = re.sub(r"<link\b[^>]*>", "", html)
     html = re.sub(r'\s(?:role|aria-[a-z]+)="[^"]*"', "", html)
     html = re.sub(r"\s*word-(?:break|spacing):\s*[^;\"]*;?", "", html)
@@ -568,52 +611,46 @@ def compiled_email(templates_dir: Path = TEMPLATES_DIR) -> CompiledEmail:
 
 _WIDE = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
 _HAS_WIDE = re.compile(f"[{_WIDE}]")
-# A CJK character is a word of its own (and two columns wide); other words are runs without spaces.
-_WRAP_TOKEN = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
+# Punctuation that closes or follows what is before it: a line never starts with one (kinsoku).
+NO_LINE_START = frozenset("，。、：；！？）」』】〕〉》〗〙〛｝］｠〞…‥・ー々〃ゝゞヽヾ,.;:!?)]}%")
 
 
-def _columns(token: str) -> int:
-    return 2 * len(token) if unicodedata.east_asian_width(token[0]) in "WF" else len(token)
+def _columns(text: str) -> int:
+    """Terminal columns: two for a wide (CJK) character, one for the rest."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _cannot_start_line(char: str) -> bool:
+    return char in NO_LINE_START or unicodedata.category(char) in ("Pe", "Pf")
+
+
+def line_pieces(text: str) -> list[str]:
+    """`text` cut where Unicode line breaking (UAX #14, ICU) allows a break, each piece with its trailing spaces."""
+    pieces: list[str] = []
+    for piece in LineBreaker(text, "zh" if _HAS_WIDE.search(text) else "en"):
+        # ICU allows a break after a space even before "：" or "；" (UAX #14 rule LB18), which Chinese never
+        # does; and after the hyphen of "reference-guided", which a reader then takes for a broken word.
+        if pieces and (_cannot_start_line(piece[0]) or pieces[-1].endswith("-")):
+            pieces[-1] += piece
+        else:
+            pieces.append(piece)
+    return pieces
 
 
 @lru_cache(maxsize=4096)
 def wrap_paragraph(text: str, width: int = 74, indent: str = "    ") -> str:
-    """Word wrap for the text part by terminal columns, breaking Chinese between characters."""
+    """Wrap for the text part by terminal columns, breaking where Chinese and English line-breaking rules allow."""
     # Cached: a translated abstract is the same for every subscriber who gets the paper.
-    if not _HAS_WIDE.search(text):
-        return _wrap_words(text.split(), width, indent)
     lines: list[str] = []
-    line: list[str] = []
-    used = 0
-    space = False
-    for token in _WRAP_TOKEN.findall(text):
-        if token.isspace():
-            space = bool(line)
-            continue
-        gap = 1 if space else 0
-        columns = _columns(token)
-        if line and used + gap + columns > width:
-            lines.append("".join(line))
-            line, used, gap = [], 0, 0
-        line.append(" " * gap + token)
-        used += gap + columns
-        space = False
-    if line:
-        lines.append("".join(line))
-    return "\n".join(indent + line for line in lines)
-
-
-def _wrap_words(words: list[str], width: int, indent: str) -> str:
-    lines: list[str] = []
-    line = ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    if line:
-        lines.append(line)
+    line, used = "", 0
+    for piece in line_pieces(" ".join(text.split())):
+        if line and used + _columns(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line, used = "", 0
+        line += piece
+        used += _columns(piece)
+    if line.strip():
+        lines.append(line.rstrip())
     return "\n".join(indent + line for line in lines)
 
 

@@ -28,3 +28,5 @@ def bundled_dir(name: str) -> Path:
 TEMPLATES_DIR = bundled_dir("templates")
 MIGRATIONS_DIR = bundled_dir("migrations")
 SAMPLE_DIR = PACKAGE_DIR / "sample"
+# arXiv's category codes and names (a plain file inside the package, so a wheel carries it).
+ARXIV_CATEGORIES_FILE = PACKAGE_DIR / "arxiv_categories.tsv"

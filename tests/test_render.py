@@ -25,8 +25,10 @@ from newsletter.render import (
     _compiled_email,
     compiled_email,
     paper_view,
+    readable,
 )
 from newsletter.tokens import SubscriberLinks
+from tests.real_text import reference_day
 
 DAY = dt.date(2026, 11, 24)  # a Tuesday: announced Monday 23 Nov, 20:00 EST
 LINKS = SubscriberLinks(
@@ -34,8 +36,9 @@ LINKS = SubscriberLinks(
     unsubscribe="https://digest.example.org/unsubscribe/TOKEN-U",
     archive="https://digest.example.org/archive/2026-11-24/TOKEN-A",
 )
+GENERATED = dt.datetime(2026, 11, 24, 0, 41, 7, tzinfo=dt.UTC)  # the morning after the announcement
 GMAIL_CLIP_BYTES = 102 * 1024
-HIT = r'<b style="background-color:#fff1a8[^"]*"[^>]*>(.*?)</b>'
+HIT = r'<b class="hit" style="background:#fff1a8[^"]*"[^>]*>(.*?)</b>'
 
 
 @lru_cache(maxsize=1)
@@ -80,6 +83,7 @@ def make_digest(
     return Digest(
         day=DAY, email="ada@example.org", language=language, timezone=timezone, sections=keyword_sections,
         links=LINKS, translation_missing=any(p.translation_missing for _, ps in sections for p in ps),
+        generated_at=GENERATED,
     )
 
 
@@ -106,13 +110,19 @@ class _Text(HTMLParser):
         super().__init__()
         self.parts: list[str] = []
         self.hrefs: list[str] = []
+        self.hidden = 0  # inside <style> or <title>: not shown in the body
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             self.hrefs.append(dict(attrs).get("href") or "")
+        self.hidden += tag in ("style", "title")
+
+    def handle_endtag(self, tag: str) -> None:
+        self.hidden -= tag in ("style", "title")
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self.hidden:
+            self.parts.append(data)
 
 
 def visible(html: str) -> tuple[str, list[str]]:
@@ -148,7 +158,7 @@ def test_each_paper_shows_both_titles_authors_subjects_comment_links_and_both_ab
     assert translation.title in rendered.text and "Accepted to the International Conference" in rendered.text
 
 
-def test_the_header_gives_the_day_the_announcement_time_in_eastern_and_local_time_and_the_count() -> None:
+def test_the_header_gives_the_day_the_time_it_was_generated_and_the_announcement_in_eastern_and_local_time() -> None:
     papers = [view(p, ["learning"]) for p in sample_papers()[:3]]
     zh = render(make_digest([("learning", papers)]))
     en = render(make_digest([("learning", papers)], language="EN-US", timezone="Europe/Berlin"))
@@ -158,11 +168,13 @@ def test_the_header_gives_the_day_the_announcement_time_in_eastern_and_local_tim
     assert "2026-11-23 20:00 美东时间 (EST)" in zh_text
     assert "2026-11-24 09:00 (Asia/Shanghai, UTC+8)" in zh_text
     assert "今天共有 3 篇相关文章" in zh_text
+    assert "生成时间: 2026-11-24 08:41 (Asia/Shanghai, UTC+8)" in zh_text
     en_text, _ = visible(en.html)
     assert "Tuesday, 24 November 2026" in en_text
     assert "Announced 2026-11-23 20:00 US Eastern (EST)" in en_text
     assert "2026-11-24 02:00 in your time zone (Europe/Berlin, UTC+1)" in en_text
     assert "3 new papers for you today" in en_text
+    assert "Generated 2026-11-24 01:41 in your time zone (Europe/Berlin, UTC+1)" in en_text
     for rendered in (zh, en):
         assert rendered.text.splitlines()[1] in visible(rendered.html)[0]
 
@@ -194,7 +206,7 @@ def test_matched_words_are_highlighted_in_the_html_and_marked_in_the_text() -> N
 
     rendered = render(digest)
 
-    highlighted = re.findall(r'<b style="background-color:#fff1a8[^"]*"[^>]*>(.*?)</b>', rendered.html)
+    highlighted = re.findall(r'<b class="hit" style="background:#fff1a8[^"]*"[^>]*>(.*?)</b>', rendered.html)
     assert "Reinforcement Learning" in highlighted  # in the title
     assert any(h.lower() == "reinforcement learning" for h in highlighted[1:])  # and in the abstract
     assert "* Mutation Testing of Deep *Reinforcement Learning* Based on Real Faults" in rendered.text
@@ -210,20 +222,21 @@ def test_the_same_paper_is_highlighted_for_each_subscriber_by_their_own_keyword(
     assert re.findall(HIT, second.html)[0] == "Real Faults"
 
 
-def test_long_author_lists_are_shortened_with_et_al_linking_to_the_abstract_page() -> None:
-    paper = Paper(**{**sample_papers()[0].model_dump(), "authors": [f"Author {i}" for i in range(1, 15)]})
-    few = Paper(**{**sample_papers()[1].model_dump(), "authors": [f"Writer {i}" for i in range(1, 11)]})
-    digest = make_digest([("learning", [view(paper, []), view(few, [])])], language="EN-US")
+def test_up_to_20_authors_are_all_named_and_longer_lists_end_in_et_al_with_the_count() -> None:
+    paper = Paper(**{**sample_papers()[0].model_dump(), "authors": [f"Author {i}" for i in range(1, 25)]})
+    twenty = Paper(**{**sample_papers()[1].model_dump(), "authors": [f"Writer {i}" for i in range(1, 21)]})
+    digest = make_digest([("learning", [view(paper, []), view(twenty, [])])], language="EN-US")
 
     rendered = render(digest)
 
     text, _ = visible(rendered.html)
-    assert "Authors: Author 1, Author 2, Author 3, Author 4, Author 5, Author 6, Author 7, Author 8, et al." in text
-    assert "Author 9" not in text and "et al. (14 authors)" in text
-    et_al = re.search(r'<a href="([^"]+)"[^>]*>et al\. \(14 authors\)</a>', rendered.html)
+    named = ", ".join(f"Author {i}" for i in range(1, 21))
+    assert f"Authors: {named}, et al. (24 authors)" in text
+    assert "Author 21" not in text
+    et_al = re.search(r'<a href="([^"]+)"[^>]*>et al\. \(24 authors\)</a>', rendered.html)
     assert et_al and et_al.group(1) == f"https://arxiv.org/abs/{paper.arxiv_id}"
-    assert "Writer 10" in text  # ten names are shown in full
-    assert "Author 8, et al. (14 authors)" in rendered.text
+    assert "Writer 19, Writer 20" in text and "(20 authors)" not in text  # twenty names are shown in full
+    assert f"{named}, et al. (24 authors)" in rendered.text
 
 
 def test_subjects_put_the_primary_category_first() -> None:
@@ -325,9 +338,14 @@ def test_the_html_needs_no_external_css_fonts_or_images() -> None:
     rendered = render(make_digest([("learning", many_papers(5))]))
 
     assert "<link" not in rendered.html and "<img" not in rendered.html and "@import" not in rendered.html
-    assert "url(" not in rendered.html and "<style" not in rendered.html
+    assert "url(" not in rendered.html
+    # The only style blocks are the colour-scheme ones, in <head>; the light look is all inline.
+    head, body = rendered.html.split("</head>")
+    styles = re.findall(r"<style>(.*?)</style>", head, re.DOTALL)
+    assert [css.split("{")[0] for css in styles] == ["@media (prefers-color-scheme:dark)", ":root"]
+    assert "<style" not in body
     assert re.findall(r'\ssrc="', rendered.html) == []
-    assert '<p style="margin:0 0 2px; font-size:16px; line-height:1.4; font-weight:700' in rendered.html  # inlined
+    assert '<p class="t" style="margin:0;font-size:16px;line-height:1.4;font-weight:700">' in rendered.html  # inlined
 
 
 def test_a_60_paper_day_stays_under_the_gmail_clip_and_lists_the_rest_by_title_with_a_link_to_the_web() -> None:
@@ -349,7 +367,7 @@ def test_a_60_paper_day_stays_under_the_gmail_clip_and_lists_the_rest_by_title_w
     assert learning == sorted(learning, reverse=True) and robotics == sorted(robotics, reverse=True)
     assert abs(sum(learning) - sum(robotics)) <= 1 and sum(in_full) == rendered.papers_in_full
     listed = [p for p, full in zip(papers, in_full, strict=True) if not full]
-    assert all(re.search(rf'<li [^>]*>\s*<a href="{re.escape(p.abs_url)}"', rendered.html) for p in listed)
+    assert all(re.search(rf'<li\b[^>]*>\s*<a href="{re.escape(p.abs_url)}"', rendered.html) for p in listed)
     assert "网页版完整内容" in text and "更多论文(邮件篇幅有限,仅列标题):" in text
     assert "关键词: learning (40 篇)" in text and "关键词: robotics (20 篇)" in text
     assert "今天共有 60 篇相关文章" in text
@@ -368,7 +386,7 @@ def test_a_huge_day_lists_as_many_titles_as_fit_and_counts_the_rest() -> None:
     assert len(hidden) == 2  # each section says how many it could not list
     assert "关键词: robotics (100 篇)" in text
     assert text.index("关键词: robotics") < text.rindex("……另有 100 篇,见网页版")
-    listed = rendered.html.count("<li ")
+    listed = len(re.findall(r"<li\b", rendered.html))
     assert rendered.papers_in_full + listed + sum(hidden) == 1200
     assert hrefs.count(LINKS.archive) >= 4
 
@@ -426,3 +444,39 @@ def test_a_published_paper_shows_its_journal_reference_and_links_its_doi() -> No
     assert "Journal reference: Softw. Test. Verif. Reliab. 32(4), 2022" in text
     assert "https://doi.org/10.1002/stvr.1815" in hrefs
     assert "DOI:   https://doi.org/10.1002/stvr.1815" in rendered.text
+
+
+def test_the_html_declares_light_and_dark_and_keeps_its_dark_block_in_the_head() -> None:
+    missing = paper_view(sample_papers()[0], None, ["learning"], translation_wanted=True)
+    rendered = render(make_digest([("learning", [*many_papers(3), missing]), ("quantum", [])]))
+
+    head, body = rendered.html.split("</head>")
+    assert '<meta name="color-scheme" content="light dark">' in head
+    assert '<meta name="supported-color-schemes" content="light dark">' in head
+    (dark,) = re.findall(r"<style>@media \(prefers-color-scheme:dark\)\{(.*)\}</style>", head)
+    assert "!important" in dark  # it must win over the inline light colours
+    # Every class the dark block styles is still on the elements it is for.
+    classes = set(re.findall(r"\.([a-z][\w-]*)", dark))
+    on_elements = {name for names in re.findall(r'class="([^"]*)"', body) for name in names.split()}
+    assert classes == on_elements
+
+
+def test_the_reference_day_fits_whole_in_one_html_part() -> None:
+    references = reference_day()
+    papers = [
+        paper_view(
+            Paper(arxiv_id=r.paper.arxiv_id, version=1, title=r.paper.title, abstract=r.paper.abstract,
+                  authors=list(r.paper.authors), categories=list(r.paper.categories),
+                  primary_category=r.paper.primary_category),
+            Translation(arxiv_id=r.paper.arxiv_id, language="ZH-HANS", title=r.title_zh, abstract=r.abstract_zh),
+            ["reinforcement learning"], translation_wanted=True,
+        )
+        for r in references
+    ]
+
+    rendered = render(make_digest([("reinforcement learning", papers), ("diffusion policy", [])]))
+
+    assert rendered.papers_in_full == 24 and rendered.papers_by_title == 0
+    assert len(rendered.html.encode()) <= HTML_SIZE_LIMIT
+    text, _ = visible(rendered.html)
+    assert all(" ".join(readable(r.abstract_zh).split()) in text for r in references)

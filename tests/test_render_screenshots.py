@@ -1,7 +1,9 @@
 """The digest in headless Chromium at phone (375 px) and desktop (800 px) width, light and dark.
 
-Dark mode is the one mail apps apply to a light email (Gmail and Outlook apps recolour it):
-Chromium's forced dark mode does the same. Screenshots go to tests/artifacts/ to be looked at.
+Three looks: light; dark, the email's own dark scheme as Apple Mail and Outlook apply it (the page is
+shown with the emulated media feature prefers-color-scheme: dark); and inverted, what Gmail's and
+Outlook's apps do to a light email on their own (Chromium's forced dark mode does the same).
+Screenshots go to tests/artifacts/ to be looked at.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def chromium_path() -> str:
     return str(found)
 
 
-@pytest.fixture(scope="module", params=["light", "dark"])
+@pytest.fixture(scope="module", params=["light", "dark", "inverted"])
 def browser(request: pytest.FixtureRequest) -> Iterator[object]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         skip_or_fail("playwright (test extra) is not installed")
-    args = CHROMIUM_ARGS + (DARK_ARGS if request.param == "dark" else [])
+    args = CHROMIUM_ARGS + (DARK_ARGS if request.param == "inverted" else [])
     with sync_playwright() as playwright:
         try:
             launched = playwright.chromium.launch(executable_path=chromium_path(), args=args)
@@ -114,10 +116,21 @@ def luminance(pixel: tuple[int, int, int]) -> float:
     return 0.2126 * red + 0.7152 * green + 0.0722 * blue
 
 
+def open_page(browser, width: int):  # type: ignore[no-untyped-def]
+    """A page of `width` px that tells the email the reader's colour scheme."""
+    scheme = "dark" if browser.mode == "dark" else "light"
+    return browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme)
+
+
+def mean_luminance(png: bytes) -> float:
+    pixels = png_pixels(png)
+    return sum(map(luminance, pixels)) / len(pixels)
+
+
 @pytest.mark.parametrize("width", [375, 800])
 @pytest.mark.parametrize("language", ["zh", "en"])
 def test_the_digest_reads_well_at_phone_and_desktop_width(browser, width: int, language: str) -> None:  # type: ignore[no-untyped-def]
-    page = browser.new_page(viewport={"width": width, "height": 900})
+    page = open_page(browser, width)
     page.set_content(sample_html(language))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"digest-{language}-{width}-{browser.mode}.png"), full_page=True)
@@ -133,18 +146,23 @@ def test_the_digest_reads_well_at_phone_and_desktop_width(browser, width: int, l
     assert heading is not None and heading["width"] <= width - 30
     shot = page.screenshot(clip={"x": heading["x"], "y": heading["y"], "width": min(heading["width"], 300),
                                  "height": heading["height"]})
+    screen = mean_luminance(page.screenshot())
+    if browser.mode == "light":
+        assert screen > 200  # a light page
+    else:
+        assert screen < 70  # the whole screen is dark, not a bright page with dark islands
     shades = sorted(luminance(p) for p in png_pixels(shot))
     background, ink = shades[len(shades) // 2], (shades[0] if browser.mode == "light" else shades[-1])
     if browser.mode == "light":
         assert background > 200 and ink < 80  # dark text on a light card
     else:
-        assert background < 80 and ink > 170  # recoloured: light text on a dark card
+        assert background < 80 and ink > 170  # light text on a dark card
     page.close()
 
 
 def test_a_long_day_renders_without_sideways_scrolling_on_a_phone(browser) -> None:  # type: ignore[no-untyped-def]
     html = DigestRenderer().render(make_digest([("learning", many_papers(60))])).html
-    page = browser.new_page(viewport={"width": 375, "height": 900})
+    page = open_page(browser, 375)
     page.set_content(html)
 
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
