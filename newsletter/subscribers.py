@@ -368,6 +368,19 @@ def request_subscription(
     return request.email
 
 
+def mail_confirmation(session: Session, settings: Settings, signer: LinkSigner, mail: MailBackend,
+                      subscriber: Subscriber) -> None:
+    """Mail a pending subscriber their confirmation link now (the operator's `newsletter subscribe`); commits."""
+    subscriber.confirmation_sent_at = utcnow()
+    session.commit()
+    try:
+        mail.send(_opt_in_mail(settings, signer, subscriber, active=False))
+    except Exception as exc:  # noqa: BLE001 - any transport failure: the operator may run it again at once
+        subscriber.confirmation_sent_at = None
+        session.commit()
+        raise MailNotSent(f"the confirmation mail to {subscriber.email} was not sent: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------------
 # Subscribers by signed link (the confirm, manage and unsubscribe pages)
 # ---------------------------------------------------------------------------------------
