@@ -438,7 +438,8 @@ def _known_reason(exc: Exception) -> str | None:
         # DBAPIError carries the driver's own error in `orig`, which reads better than SQLAlchemy's wrapper.
         cause = getattr(exc, "orig", None) or exc
         return f"database error: {str(cause).strip().splitlines()[0]}"
-    if _is(exc, "newsletter.subscribers", "SubscriptionError") or _is(exc, "newsletter.harvest.records", "HarvestError"):
+    expected = [("newsletter.subscribers", "SubscriptionError"), ("newsletter.harvest.records", "HarvestError")]
+    if any(_is(exc, module, name) for module, name in expected):
         return str(exc)
     return None
 

@@ -266,7 +266,7 @@ def test_syntax_errors_say_what_and_where(keyword: str, message: str, position: 
     with pytest.raises(KeywordSyntaxError) as raised:
         parse_keyword(keyword)
     assert (raised.value.message, raised.value.position) == (message, position)
-    assert str(raised.value) == f"{message} at position {position}"
+    assert str(raised.value) == f"{message} at character {position + 1}"  # in words, counted from 1
 
 
 def test_a_colon_after_a_plain_word_is_not_a_field() -> None:
@@ -286,11 +286,11 @@ def test_profile_errors_name_each_bad_line_and_the_limit() -> None:
     with pytest.raises(ProfileError) as raised:
         validate_profile(lines)
     assert raised.value.problems == [
-        (2, "unbalanced parenthesis at position 0"),
-        (3, "operator AND needs a term after it at position 3"),
+        (2, "unbalanced parenthesis at character 1"),
+        (3, "operator AND needs a term after it at character 4"),
         (None, "too many keywords: 21 given, at most 20 allowed"),
     ]
-    assert "line 2: unbalanced parenthesis at position 0" in str(raised.value)
+    assert "line 2: unbalanced parenthesis at character 1" in str(raised.value)
 
 
 def test_twenty_keywords_are_fine() -> None:

@@ -75,7 +75,8 @@ class KeywordSyntaxError(ValueError):
         self.params = params
         self.message = SYNTAX_MESSAGES[problem].format(**params)  # in English
         self.position = position
-        super().__init__(f"{self.message} at position {position}")
+        # Counted from 1 in words, as the subscribe page and the CLI's "position" do.
+        super().__init__(f"{self.message} at character {position + 1}")
 
 
 class ProfileError(ValueError):
