@@ -415,12 +415,17 @@ def _chunks(items: Iterable[Subscriber], size: int) -> Iterator[list[Subscriber]
         yield chunk
 
 
-def write_csv(session: Session, out: TextIO) -> int:
-    """Write the subscribers in the format `read_csv` reads; returns how many."""
+def write_rows(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    """Write values by column key in the format `read_csv` reads; returns how many rows."""
     writer = csv.writer(out)
     writer.writerow(HEADERS)
     count = 0
-    for values in exported_values(session):
+    for values in rows:
         writer.writerow([column.write(values[column.key]) for column in COLUMNS])
         count += 1
     return count
+
+
+def write_csv(session: Session, out: TextIO) -> int:
+    """Write the subscribers who have not left; returns how many."""
+    return write_rows(exported_values(session), out)
