@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 from newsletter.keywords.folding import _phrase_pattern, fold_text
@@ -304,6 +305,8 @@ def _phrase_term(scope: str, display: str, start: int) -> Term:
     return Term(scope, pattern.text, prefix, pattern.breaks, text=display)
 
 
+# Subscribers share keywords: a bulk import or a day's match parses each distinct one once (the trees are frozen).
+@lru_cache(maxsize=8192)
 def parse_keyword(keyword: str) -> Expr:
     """Parse one keyword into its expression tree, or raise KeywordSyntaxError."""
     if len(keyword) > MAX_KEYWORD_LENGTH:
