@@ -365,3 +365,43 @@ def test_a_stored_keyword_that_no_longer_parses_is_reported_counting_from_1(
     done = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
 
     assert "keyword 1 skipped, it no longer parses: operator AND needs a term after it at character 7" in done.stderr
+
+
+# --- what a command loads -------------------------------------------------------------------------
+
+LOADED = """
+import sys
+from newsletter.cli import main
+sys.argv = ["newsletter", *sys.argv[1:]]
+try:
+    main()
+finally:
+    sys.stdout.flush()
+    sys.stderr.write("\\nLOADED " + " ".join(sorted(sys.modules)) + "\\n")
+"""
+
+
+def loaded_modules(args: list[str], cwd: Path) -> set[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    clean["PYTHONPATH"] = str(REPOSITORY)
+    done = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=cwd, env=clean, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set(done.stderr.rsplit("LOADED ", 1)[1].split())
+
+
+def test_help_loads_no_stage_nor_the_database_layer(tmp_path: Path) -> None:
+    loaded = loaded_modules(["--help"], tmp_path)
+
+    assert not {name for name in loaded if name.split(".")[0] in ("sqlalchemy", "sqlmodel", "arxiv", "celery")}
+    assert not {name for name in loaded if name.startswith("newsletter.") and name != "newsletter.cli"}
+
+
+def test_one_subscribe_loads_neither_the_harvest_nor_the_pipeline_nor_mail_nor_alembic(tmp_path: Path) -> None:
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+
+    loaded = loaded_modules(["subscribe", "ada@example.org", "-k", "deep learning", "--confirmed"], tmp_path)
+
+    heavy = ("newsletter.harvest", "newsletter.pipeline", "newsletter.mail", "newsletter.render", "arxiv", "celery",
+             "alembic", "rich.progress")
+    assert not {name for name in loaded if name.startswith(heavy)}
+    assert "newsletter.subscribers" in loaded
