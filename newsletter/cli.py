@@ -407,6 +407,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _fail("aborted")
     except TyperException as exc:  # usage errors (typer's own click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `newsletter` alone: the help, as it is laid out
+            sys.stderr.write(exc.format_message() + "\n")
+            sys.exit(exc.exit_code)
         _fail(exc.format_message(), code=exc.exit_code)
     except CommandError as exc:
         _fail(str(exc))
