@@ -37,6 +37,8 @@ class CsvError(ValueError):
 
 def split_keywords(cell: str) -> list[str]:
     """The keywords of a cell: separated by `;` outside double quotes (`ti:"a;b"` is one keyword)."""
+    if '"' not in cell:  # most cells: no quotes to look inside
+        return [keyword.strip() for keyword in cell.split(KEYWORD_SEPARATOR) if keyword.strip()]
     keywords: list[str] = []
     current: list[str] = []
     quoted = False
