@@ -24,8 +24,8 @@ from newsletter.models import (
     Translation,
 )
 from newsletter.periods import carried_since
-from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view
 from newsletter.ranking import section_order
+from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view
 from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
 from newsletter.tokens import LinkSigner, SubscriberLinks, signing_key, subscriber_links
 from newsletter.updates import pending_updates

@@ -542,6 +542,19 @@ def request_subscription(
     return SubscriptionAnswer(request.email, Outcome.SENT, now)
 
 
+def mail_confirmation(session: Session, settings: Settings, signer: LinkSigner, mail: MailBackend,
+                      subscriber: Subscriber) -> None:
+    """Mail a pending subscriber their confirmation link now (the operator's `newsletter subscribe`); commits."""
+    subscriber.confirmation_sent_at = utcnow()
+    session.commit()
+    try:
+        mail.send(_opt_in_mail(settings, signer, subscriber, active=False))
+    except Exception as exc:  # noqa: BLE001 - any transport failure: the operator may run it again at once
+        subscriber.confirmation_sent_at = None
+        session.commit()
+        raise MailNotSent(f"the confirmation mail to {subscriber.email} was not sent: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------------
 # Subscribers by signed link (the confirm, manage and unsubscribe pages)
 # ---------------------------------------------------------------------------------------
@@ -681,8 +694,10 @@ def delete_by_link(session: Session, signer: LinkSigner, token: str) -> None:
     session.commit()
 
 
-def stored_preferences(session: Session, subscriber: Subscriber) -> list[tuple[str, str]]:
-    """The subscriber's stored preferences as (name, value), in the names `newsletter subscribe` takes."""
+def stored_preferences(session: Session, settings: Settings, subscriber: Subscriber) -> list[tuple[str, str]]:
+    """The subscriber's stored preferences as (name, value), in the names `newsletter subscribe` takes,
+    and their private feed's URL."""
+    from newsletter.atom import feed_url_for  # the feed module imports this one
     from newsletter.periods import weekday_name
 
     return [
@@ -695,6 +710,7 @@ def stored_preferences(session: Session, subscriber: Subscriber) -> list[tuple[s
         ("weekday", weekday_name(subscriber.weekday)),
         ("empty_day_note", "true" if subscriber.empty_day_note else "false"),
         ("updates", "true" if subscriber.updates else "false"),
+        ("feed", feed_url_for(settings, subscriber)),
     ]
 
 

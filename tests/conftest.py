@@ -30,7 +30,13 @@ if os.environ.get("CI"):
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Tests only add keys of their own (random names, deleted afterwards) to this one; not db 0, where a
+# development instance keeps its queue.
+REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Celery's keys have fixed names, so the worker tests empty this one: see `claim_test_redis`.
+WORKER_REDIS_URL = os.environ.get("NEWSLETTER_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Marks a Redis database as the tests': only a database holding it (or nothing) is ever emptied.
+REDIS_OWNER_KEY = "newsletter-tests:owned"
 
 
 def services_required() -> bool:
@@ -53,6 +59,26 @@ def reachable_redis_or_skip(url: str) -> redis.Redis:
     except redis.RedisError as exc:
         skip_or_fail(f"Redis not reachable at {url}: {exc}")
     return client
+
+
+def claim_test_redis(url: str) -> str:
+    """Empty the Redis database at `url` for a test, if it is the tests' own: empty, or marked by them.
+
+    A database holding keys the tests did not create (someone's queue, a cache) is never flushed:
+    the test skips, or fails under NEWSLETTER_REQUIRE_SERVICES=1, naming the variable to change.
+    """
+    client = reachable_redis_or_skip(url)
+    try:
+        if client.dbsize() and not client.exists(REDIS_OWNER_KEY):
+            skip_or_fail(
+                f"Redis database {url} holds {client.dbsize()} keys the tests did not create; point "
+                "NEWSLETTER_TEST_WORKER_REDIS_URL at an empty database"
+            )
+        client.flushdb()
+        client.set(REDIS_OWNER_KEY, "emptied by the newsletter tests before each worker test")
+    finally:
+        client.close()
+    return url
 
 
 def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Settings:

@@ -6,19 +6,25 @@ import datetime as dt
 import email
 import email.policy
 import os
+import re
 import subprocess
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from newsletter.models import Run, RunStatus, utcnow
-from tests.conftest import inserts_refused
-from tests.servers import ArxivServer, build_feed, make_paper
+from newsletter.db import make_engine
+from newsletter.models import Run, RunStatus, SubscriberKeyword, SubscriberStatus, utcnow
+from newsletter.schema import alembic_config
+from newsletter.subscribers import confirm_by_link
+from newsletter.tokens import LinkSigner
+from tests.conftest import inserts_refused, make_settings, pg_schema
+from tests.servers import ArxivServer, SmtpSink, build_feed, make_paper
 
 # `newsletter` as its console script runs it, from this checkout (not wherever the package is installed).
 NEWSLETTER = [sys.executable, "-m", "newsletter.cli"]
@@ -202,3 +208,200 @@ def test_a_day_whose_mail_could_not_go_out_exits_non_zero_and_says_what_is_owed(
 
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "outbox" / DAY.isoformat() / "ada@example.org.eml").exists()
+
+
+# --- a database without the schema --------------------------------------------------------------
+
+NO_SCHEMA_COMMANDS = [
+    ["status"],
+    ["subscribe", "ada@example.org", "-k", "deep learning", "--confirmed"],
+    ["unsubscribe", "ada@example.org"],
+    ["preview", "ada@example.org"],
+    ["run-daily"],
+    ["subscribers", "export"],
+    ["web", "--port", "1"],
+]
+
+
+@pytest.mark.parametrize("args", NO_SCHEMA_COMMANDS, ids=lambda args: " ".join(args[:2]))
+def test_every_command_refuses_a_missing_sqlite_database_without_creating_it(tmp_path: Path, args: list[str]) -> None:
+    refused = run(args, tmp_path)
+
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        "newsletter: no database at newsletter.db: run `newsletter db upgrade` first"
+    ]
+    assert not (tmp_path / "newsletter.db").exists()
+
+
+@pytest.mark.parametrize("args", NO_SCHEMA_COMMANDS, ids=lambda args: " ".join(args[:2]))
+def test_every_command_refuses_a_postgresql_database_without_the_schema(tmp_path: Path, args: list[str]) -> None:
+    with pg_schema("noschema") as url:
+        refused = run(args, tmp_path, NEWSLETTER_DATABASE_URL=url)
+
+    assert refused.returncode != 0
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no schema yet: run `newsletter db upgrade`" in lines[0], refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_database_behind_the_newest_migration_is_refused_and_db_upgrade_brings_it_up(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'newsletter.db'}")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    engine.dispose()
+
+    refused = run(["status"], tmp_path)
+
+    assert refused.returncode != 0
+    assert "schema is at revision 0001, not " in refused.stderr and "newsletter db upgrade" in refused.stderr
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    assert run(["status"], tmp_path).returncode == 0
+
+
+# --- subscribe: the confirmation mail -------------------------------------------------------------
+
+
+@pytest.fixture
+def mail_env(tmp_path: Path, smtp_sink: SmtpSink) -> dict[str, str]:
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    return {
+        "NEWSLETTER_MAIL_BACKEND": "smtp",
+        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+        "NEWSLETTER_SMTP_PORT": str(smtp_sink.port),
+        "NEWSLETTER_BASE_URL": "https://digest.example.org",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+    }
+
+
+def test_subscribe_without_confirmed_mails_the_confirmation_link_to_the_address(
+    tmp_path: Path, mail_env: dict[str, str], smtp_sink: SmtpSink
+) -> None:
+    added = run(["subscribe", "Ada@Example.org", "-k", "deep learning"], tmp_path, **mail_env)
+
+    assert added.returncode == 0, added.stderr
+    assert "pending" in added.stdout and "confirmation mail sent" in added.stdout
+    assert [message.rcpt_tos for message in smtp_sink.messages] == [["ada@example.org"]]
+    raw = smtp_sink.messages[0].raw.decode("ascii", "replace")
+    assert "Subject: Confirm your arXiv digest subscription" in raw
+    received = email.message_from_bytes(smtp_sink.messages[0].raw, policy=email.policy.default)
+    body = received.get_body(("plain",)).get_content()
+    token = re.search(r"https://digest\.example\.org/confirm/(\S+)", body)
+    assert token is not None, body
+    # The link is the web page's: it names this subscriber and confirms them.
+    settings = make_settings(f"sqlite:///{tmp_path / 'newsletter.db'}", tmp_path)
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        subscriber, _ = confirm_by_link(session, LinkSigner(settings.secret_key or ""), token.group(1))
+        assert (subscriber.email, subscriber.status) == ("ada@example.org", SubscriberStatus.ACTIVE)
+    engine.dispose()
+
+
+def test_subscribe_with_confirmed_mails_nothing(tmp_path: Path, mail_env: dict[str, str], smtp_sink: SmtpSink) -> None:
+    added = run(["subscribe", "ada@example.org", "-k", "deep learning", "--confirmed"], tmp_path, **mail_env)
+
+    assert added.returncode == 0, added.stderr
+    assert "active" in added.stdout
+    assert smtp_sink.messages == []
+
+
+def test_subscribe_says_so_when_the_confirmation_cannot_be_sent(tmp_path: Path, mail_env: dict[str, str]) -> None:
+    unreachable = {**mail_env, "NEWSLETTER_SMTP_PORT": "1", "NEWSLETTER_SMTP_MAX_ATTEMPTS": "1"}
+
+    failed = run(["subscribe", "ada@example.org", "-k", "deep learning"], tmp_path, **unreachable)
+
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("newsletter: the confirmation mail to ada@example.org was not sent"), failed.stderr
+
+
+# --- help and preview ----------------------------------------------------------------------------
+
+COMMANDS = [[], ["subscribe"], ["unsubscribe"], ["harvest"], ["run-daily"], ["preview"], ["demo"], ["web"],
+            ["status"], ["db"], ["db", "upgrade"], ["subscribers"], ["subscribers", "import"],
+            ["subscribers", "export"]]
+
+
+@pytest.mark.parametrize("command_", COMMANDS, ids=lambda args: " ".join(args) or "newsletter")
+def test_help_reads_without_type_tags(tmp_path: Path, command_: list[str]) -> None:
+    shown = run([*command_, "--help"], tmp_path)
+
+    assert shown.returncode == 0, shown.stderr
+    assert not re.search(r"<[a-z]+(\[[a-z]+\])?>|\{[A-Za-z]+\}", shown.stdout), shown.stdout
+    assert "Usage: " in shown.stdout
+
+
+def test_subscribe_help_names_each_value_and_its_default_variable(tmp_path: Path) -> None:
+    shown = run(["subscribe", "--help"], tmp_path).stdout
+
+    assert "subscribe [OPTIONS] EMAIL" in shown
+    assert "-k, --keyword KEYWORD" in shown and "--lang LANG" in shown and "--timezone ZONE" in shown
+    assert "NEWSLETTER_DEFAULT_LANGUAGE" in shown and "NEWSLETTER_DEFAULT_TIMEZONE" in shown
+
+
+def test_preview_without_out_writes_a_file_in_the_current_folder_not_html_on_the_terminal(tmp_path: Path) -> None:
+    assert run(["demo"], tmp_path).returncode == 0
+
+    shown = run(["preview", "ada@example.org"], tmp_path)
+
+    assert shown.returncode == 0, shown.stderr
+    written = tmp_path / "preview-ada@example.org.html"
+    assert "<html" not in shown.stdout.lower()
+    assert shown.stdout.startswith(f"wrote {written.name}") and f"file://{written}" in shown.stdout
+    assert "arXiv" in written.read_text(encoding="utf-8")
+    piped = run(["preview", "ada@example.org", "--out", "-"], tmp_path)
+    assert piped.returncode == 0 and piped.stdout.startswith("<!DOCTYPE html>")  # asked for by name: `--out -`
+
+
+def test_a_stored_keyword_that_no_longer_parses_is_reported_counting_from_1(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine
+) -> None:
+    with Session(engine) as session:
+        session.execute(update(SubscriberKeyword).values(expression="graph AND"))
+        session.commit()
+
+    done = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **day_env)
+
+    assert "keyword 1 skipped, it no longer parses: operator AND needs a term after it at character 7" in done.stderr
+
+
+# --- what a command loads -------------------------------------------------------------------------
+
+LOADED = """
+import sys
+from newsletter.cli import main
+sys.argv = ["newsletter", *sys.argv[1:]]
+try:
+    main()
+finally:
+    sys.stdout.flush()
+    sys.stderr.write("\\nLOADED " + " ".join(sorted(sys.modules)) + "\\n")
+"""
+
+
+def loaded_modules(args: list[str], cwd: Path) -> set[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    clean["PYTHONPATH"] = str(REPOSITORY)
+    done = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=cwd, env=clean, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set(done.stderr.rsplit("LOADED ", 1)[1].split())
+
+
+def test_help_loads_no_stage_nor_the_database_layer(tmp_path: Path) -> None:
+    loaded = loaded_modules(["--help"], tmp_path)
+
+    assert not {name for name in loaded if name.split(".")[0] in ("sqlalchemy", "sqlmodel", "arxiv", "celery")}
+    assert not {name for name in loaded if name.startswith("newsletter.") and name != "newsletter.cli"}
+
+
+def test_one_subscribe_loads_neither_the_harvest_nor_the_pipeline_nor_mail_nor_alembic(tmp_path: Path) -> None:
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+
+    loaded = loaded_modules(["subscribe", "ada@example.org", "-k", "deep learning", "--confirmed"], tmp_path)
+
+    heavy = ("newsletter.harvest", "newsletter.pipeline", "newsletter.mail", "newsletter.render", "arxiv", "celery",
+             "alembic", "rich.progress")
+    assert not {name for name in loaded if name.startswith(heavy)}
+    assert "newsletter.subscribers" in loaded

@@ -29,11 +29,14 @@ def test_subscribe_stores_the_schedule_and_extras_and_show_prints_them_one_per_l
     assert preferences["empty_day_note"] == "true" and preferences["updates"] == "false"
     assert preferences["keywords"] == "reinforcement learning; diffusion policy"
     assert preferences["status"] == "active" and preferences["email"] == "ada@example.org"
+    # The private feed's signed URL, the same on every call (a feed reader keeps it).
+    assert "/feed/" in preferences["feed"] and preferences["feed"].startswith("http")
     # Changing the keywords alone keeps the schedule; a flag changes just its own choice.
     assert run(["subscribe", "ada@example.org", "-k", "robots", "--updates"], tmp_path, **env).returncode == 0
     again = shown(tmp_path, "ada@example.org", **env)
     assert (again["frequency"], again["weekday"], again["empty_day_note"], again["updates"]) == (
         "weekly", "wed", "true", "true")
+    assert again["feed"] == preferences["feed"]
 
 
 def test_a_new_subscriber_gets_daily_digests_with_updates_and_no_empty_day_note(

@@ -195,7 +195,8 @@ def test_the_feed_is_refused_after_unsubscribing_and_gone_after_deleting(setting
 
     assert visitor.get(path).status_code == 403
     session.refresh(subscriber)  # leaving raised the generation: the manage link of the unsubscribed page
-    manage = f"/manage/{LinkSigner(SECRET).make(Purpose.MANAGE, subscriber.public_id, generation=subscriber.generation)}"
+    token = LinkSigner(SECRET).make(Purpose.MANAGE, subscriber.public_id, generation=subscriber.generation)
+    manage = f"/manage/{token}"
     assert feed_url_for(settings, subscriber) not in visitor.get(manage).text
     assert visitor.submit(manage, f"{manage}/delete", {"confirm_delete": "yes"}).status_code == 200
     assert visitor.get(path).status_code == 404

@@ -175,16 +175,21 @@ def test_429_twice_then_success_is_retried_and_nothing_is_lost(session: Session,
     assert session.get(Paper, "2611.00002").details_source == "api"
 
 
-def test_a_feed_answering_503_once_is_asked_again(session: Session, arxiv) -> None:  # type: ignore[no-untyped-def]
+def test_a_feed_answering_503_once_is_asked_again_and_logged_as_a_feed_failure(
+    session: Session, arxiv, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     server, settings, transports = arxiv
     paper = make_paper("2611.00001")
     server.add_papers(paper)
     server.set_feed(CATEGORIES, build_feed(THURSDAY, [paper]))
     server.fail_next(1, 503, path_prefix="/rss")
 
-    day = harvest_stage(session, transports, None, CATEGORIES).day
+    with caplog.at_level(logging.WARNING, logger="newsletter"):
+        day = harvest_stage(session, transports, None, CATEGORIES).day
 
     assert day == THURSDAY and len(server.feed_requests) == 2
+    retries = [record.getMessage() for record in caplog.records if "attempt" in record.getMessage()]
+    assert retries and all(line.startswith("announcement feed attempt 1 failed") for line in retries), retries
     assert set(announced(session, THURSDAY)) == {"2611.00001"}
 
 

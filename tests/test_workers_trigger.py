@@ -13,18 +13,18 @@ from sqlmodel import Session
 
 from newsletter.config import Settings
 from newsletter.models import Run, RunStatus
-from tests.conftest import make_settings, reachable_redis_or_skip
+from tests.conftest import WORKER_REDIS_URL, claim_test_redis, make_settings
 from tests.servers import ArxivServer, build_empty_feed, build_feed, make_paper
 from workers.schedule import in_poll_window, poll_crontab
 from workers.trigger import start_day
 
 DAY = dt.date(2026, 11, 24)
-REDIS_DB_URL = "redis://127.0.0.1:6379/11"
+REDIS_DB_URL = WORKER_REDIS_URL
 
 
 @pytest.fixture
 def trigger_settings(pg_engine: Engine, arxiv_server: ArxivServer, tmp_path: Path) -> Settings:
-    reachable_redis_or_skip(REDIS_DB_URL).flushdb()
+    claim_test_redis(REDIS_DB_URL)
     return make_settings(
         pg_engine.url.render_as_string(hide_password=False),
         tmp_path,

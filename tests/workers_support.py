@@ -21,13 +21,13 @@ from sqlmodel import Session
 
 from newsletter.models import Delivery
 from newsletter.subscribers import subscribe
-from tests.conftest import reachable_redis_or_skip
+from tests.conftest import WORKER_REDIS_URL, claim_test_redis
 from tests.servers import ArxivServer, DeepLServer, SmtpSink, build_feed, make_paper
 from tests.servers.pytest_plugin import DEEPL_TEST_KEY
 
 DAY = dt.date(2026, 11, 24)
 CATEGORIES = ["cs.AI", "cs.LG"]
-REDIS_DB_URL = os.environ.get("NEWSLETTER_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_DB_URL = WORKER_REDIS_URL
 BIN = Path(sys.executable).parent
 REPOSITORY = Path(__file__).resolve().parents[1]
 TOPICS = ["graph neural network", "diffusion model", "reinforcement learning", "large language model"]
@@ -36,11 +36,8 @@ SUBSCRIBERS = 200
 
 @pytest.fixture(name="redis_url")
 def redis_url_fixture() -> str:
-    """A Redis database of this test file's own, emptied first (broker, results and locks)."""
-    client = reachable_redis_or_skip(REDIS_DB_URL)
-    client.flushdb()
-    client.close()
-    return REDIS_DB_URL
+    """A Redis database of the worker tests' own, emptied first (broker, results and locks)."""
+    return claim_test_redis(REDIS_DB_URL)
 
 
 @pytest.fixture(name="announced_day")

@@ -21,10 +21,10 @@ from newsletter.harvest.records import (
     ApiReplyError,
     HarvestError,
     PaperRecord,
-    _html_title,
-    _local,
-    _looks_like_html,
     clean_text,
+    html_title,
+    local_name,
+    looks_like_html,
     split_arxiv_id,
 )
 from newsletter.pacing import PacingUnavailable, RequestPacer
@@ -36,7 +36,7 @@ _OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
 _API_BATCH = 100
 # The API serves at most this many results for one query.
 _SEARCH_LIMIT = 30_000
-_RETRY_STATUSES = {429, 500, 502, 503, 504}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER = 300.0
 
 
@@ -68,11 +68,11 @@ def check_api_reply(status: int, content_type: str, body: bytes, url: str) -> in
     The `arxiv` package recovers what it can from broken XML and reads an empty first page as
     "no results", so a truncated or flaky page would silently lose papers; hence this check.
     """
-    if status in _RETRY_STATUSES:
+    if status in RETRY_STATUSES:
         raise ApiReplyError(f"arXiv API answered HTTP {status}", transient=True)
-    if "html" in content_type.lower() or _looks_like_html(body):
+    if "html" in content_type.lower() or looks_like_html(body):
         raise ApiReplyError(
-            f"arXiv API answered HTTP {status} with an HTML page ({_html_title(body)!r}) instead of Atom",
+            f"arXiv API answered HTTP {status} with an HTML page ({html_title(body)!r}) instead of Atom",
             transient=True,
         )
     try:
@@ -80,7 +80,9 @@ def check_api_reply(status: int, content_type: str, body: bytes, url: str) -> in
     except etree.XMLSyntaxError as exc:
         raise ApiReplyError(f"arXiv API reply is malformed XML ({len(body)} bytes): {exc}", transient=True) from exc
     if root.tag != f"{_ATOM}feed":
-        raise ApiReplyError(f"arXiv API reply is not an Atom feed (root element <{_local(root.tag)}>)", transient=True)
+        raise ApiReplyError(
+            f"arXiv API reply is not an Atom feed (root element <{local_name(root.tag)}>)", transient=True
+        )
     entries = root.findall(f"{_ATOM}entry")
     for entry in entries:
         if "/api/errors" in (entry.findtext(f"{_ATOM}id") or ""):
@@ -164,7 +166,7 @@ def network_reason(exc: requests.RequestException) -> str:
     return match.group(0).strip() if match else type(exc).__name__
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiReplyError):
         return exc.transient
     return isinstance(
@@ -174,9 +176,14 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("arXiv API attempt %d failed (%s); retrying", state.attempt_number, exc)
+def retry_logger(what: str) -> Callable[[RetryCallState], None]:
+    """A tenacity `before_sleep` that logs a failed attempt of `what` ("arXiv API", "announcement feed")."""
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s attempt %d failed (%s); retrying", what, state.attempt_number, exc)
+
+    return log_retry
 
 
 class DetailsSource(Protocol):
@@ -219,11 +226,11 @@ class ArxivApiSource:
 
     def _retrying(self) -> Retrying:
         return Retrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.retries + 1),
             wait=BackoffOrRetryAfter(self.backoff_seconds),
             sleep=self.sleep,
-            before_sleep=_log_retry,
+            before_sleep=retry_logger("arXiv API"),
             reraise=True,
         )
 

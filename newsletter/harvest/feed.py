@@ -14,15 +14,15 @@ import requests
 from defusedxml import ElementTree
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from newsletter.harvest.api import _RETRY_STATUSES, _is_transient, _log_retry, network_reason
+from newsletter.harvest.api import RETRY_STATUSES, is_transient, network_reason, retry_logger
 from newsletter.harvest.records import (
     ApiReplyError,
     HarvestError,
     PaperRecord,
-    _html_title,
-    _local,
-    _looks_like_html,
     clean_text,
+    html_title,
+    local_name,
+    looks_like_html,
     split_arxiv_id,
 )
 from newsletter.models import AnnounceType
@@ -60,8 +60,8 @@ def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
     """Parse an rss.arxiv.org feed; raises HarvestError for anything that is not one."""
     if not content.strip():
         raise HarvestError("announcement feed is empty (0 bytes)")
-    if _looks_like_html(content):
-        raise HarvestError(f"announcement feed URL answered with an HTML page ({_html_title(content)!r}), not RSS")
+    if looks_like_html(content):
+        raise HarvestError(f"announcement feed URL answered with an HTML page ({html_title(content)!r}), not RSS")
     try:
         root = ElementTree.fromstring(content)
     except ElementTree.ParseError as exc:
@@ -70,7 +70,7 @@ def parse_announcement_feed(content: bytes) -> AnnouncementFeed:
         raise HarvestError(f"announcement feed refused: {exc}") from exc
     channel = root.find("channel")
     if root.tag != "rss" or channel is None:
-        raise HarvestError(f"announcement feed has no RSS channel (root element <{_local(root.tag)}>)")
+        raise HarvestError(f"announcement feed has no RSS channel (root element <{local_name(root.tag)}>)")
     feed = AnnouncementFeed(day=None)
     for element in channel.findall("item"):
         item, reason = _parse_feed_item(element)
@@ -149,16 +149,16 @@ class HttpFeedSource:
 
     def _get(self) -> requests.Response:
         response = requests.get(self.url, timeout=self.timeout)
-        if response.status_code in _RETRY_STATUSES:
+        if response.status_code in RETRY_STATUSES:
             raise ApiReplyError(f"announcement feed answered HTTP {response.status_code} at {self.url}", True)
         return response
 
     def fetch_feed(self) -> bytes:
         retrying = Retrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.retries + 1),
             wait=wait_exponential(multiplier=self.backoff_seconds, max=max(60.0, self.backoff_seconds)),
-            before_sleep=_log_retry,
+            before_sleep=retry_logger("announcement feed"),
             reraise=True,
         )
         try:

@@ -66,15 +66,18 @@ def clean_text(text: str | None) -> str:
     return " ".join(_CONTROL_CHARACTERS.sub("", text or "").split())
 
 
-def _looks_like_html(content: bytes) -> bool:
+def looks_like_html(content: bytes) -> bool:
+    """Whether a reply is an HTML page (an error or login page) rather than the XML asked for."""
     head = content[:512].lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
+    """An XML tag without its namespace."""
     return tag.rsplit("}", 1)[-1]
 
 
-def _html_title(content: bytes) -> str:
+def html_title(content: bytes) -> str:
+    """The <title> of an HTML page, cleaned and cut short, to name it in an error."""
     match = re.search(rb"<title[^>]*>(.*?)</title>", content[:4096], flags=re.IGNORECASE | re.DOTALL)
     return clean_text(match.group(1).decode("utf-8", "replace"))[:120] if match else "no title"

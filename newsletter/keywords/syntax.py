@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 from newsletter.keywords.folding import _phrase_pattern, fold_text
@@ -315,6 +316,8 @@ def control_character_at(text: str) -> int | None:
     return found.start() if found else None
 
 
+# Subscribers share keywords: a bulk import or a day's match parses each distinct one once (the trees are frozen).
+@lru_cache(maxsize=8192)
 def parse_keyword(keyword: str) -> Expr:
     """Parse one keyword into its expression tree, or raise KeywordSyntaxError."""
     if len(keyword) > MAX_KEYWORD_LENGTH:
