@@ -69,16 +69,18 @@ class Transports:
     mail: MailBackend
 
 
+def production_feed(settings: Settings) -> HttpFeedSource:
+    """The announcement feed of the configured categories, over HTTP."""
+    return HttpFeedSource(
+        settings.feed_url, settings.arxiv_timeout_seconds, settings.arxiv_max_retries, settings.arxiv_retry_base_seconds
+    )
+
+
 def production_transports(settings: Settings) -> Transports:
     """arXiv, DeepL and mail as configured by Settings."""
     translator = make_translator(settings)
     return Transports(
-        feed=HttpFeedSource(
-            settings.feed_url,
-            settings.arxiv_timeout_seconds,
-            settings.arxiv_max_retries,
-            settings.arxiv_retry_base_seconds,
-        ),
+        feed=production_feed(settings),
         details=shared_arxiv_source(
             settings.arxiv_api_url,
             settings.arxiv_delay_seconds,
@@ -145,6 +147,7 @@ def harvest_stage(
     if day is not None and is_harvested(session, day):
         return HarvestOutcome(day, skipped="already harvested")
     session.commit()  # nothing of ours stays pending while we wait on the network
+    read_at = utcnow()
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
     target = day or current
@@ -157,6 +160,8 @@ def harvest_stage(
         store_day(session, day_harvest)
     caught_up = sorted(d.day for d in collected if d.day != target)
     runs.mark_caught_up(session, caught_up)
+    if target is not None and target == current:
+        runs.note_feed_seen(session, target, read_at)
     if target is None:
         runs.record_no_announcement(session, feed.day or expected_feed_day(utcnow()), NO_ANNOUNCEMENT_REASON)
     else:
@@ -195,7 +200,7 @@ def _collect_days(
     also = target if target is not None and target != current else None
     collected = _collect_missed(session, transports, until, also, categories, feed)
     if target is not None and target == current and not is_harvested(session, target):
-        collected.append(collect_feed_day(session, feed, transports.details))
+        collected.append(collect_feed_day(session, feed, transports.details, categories))
     return collected
 
 

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
+from newsletter.alerts import alert_now
 from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
 from newsletter.models import RunStatus, Stage
@@ -222,7 +223,12 @@ def poll_announcement() -> str:
     if not in_poll_window(now, settings.beat_poll_start, settings.beat_poll_end):
         return "outside the polling window"
     with session_scope(engine_for(settings.database_url)) as session:
-        started: StartedDay = start_day(session, settings, None, reopen_finished=False, enqueue=enqueue_day)
+        try:
+            started: StartedDay = start_day(session, settings, None, reopen_finished=False, enqueue=enqueue_day)
+        finally:
+            session.rollback()  # whatever the trigger left half-done is not ours to keep
+            # Every tick checks: a late feed, an incomplete harvest, a failed run, digests owed.
+            alert_now(session, settings)
     resumed = "".join(f"{day}: resumed; " for day in started.resumed)
     if started.day is None:
         return resumed + (started.reason or "no announcement")
