@@ -27,6 +27,19 @@ class FeedPoll:
     polled_at: dt.datetime
 
 
+# The feed_validator columns' sizes.
+MAX_ETAG, MAX_LAST_MODIFIED = 500, 64
+
+
+def usable_validator(value: str | None, limit: int) -> str | None:
+    """A validator worth sending back: printable ASCII within `limit`, else None (the next poll is a full GET)."""
+    if value is None or not value.strip() or len(value) > limit:
+        return None
+    if not value.isascii() or not value.isprintable():
+        return None  # a header carrying line breaks or controls would not be sent back as it came
+    return value.strip()
+
+
 def poll_feed(session: Session, source: ConditionalFeedSource) -> FeedPoll:
     """Ask for the feed with the stored validators; parse and store new ones only when it changed (commits)."""
     held = session.get(FeedValidator, source.url, populate_existing=True)
@@ -40,7 +53,9 @@ def poll_feed(session: Session, source: ConditionalFeedSource) -> FeedPoll:
     feed = parse_announcement_feed(reply.content or b"")
     day = feed.day if feed.has_announcement else None
     held = held or FeedValidator(url=source.url)
-    held.etag, held.last_modified, held.day = reply.etag, reply.last_modified, day
+    held.etag = usable_validator(reply.etag, MAX_ETAG)
+    held.last_modified = usable_validator(reply.last_modified, MAX_LAST_MODIFIED)
+    held.day = day
     held.fetched_at = held.changed_at = polled_at
     session.add(held)
     session.commit()
