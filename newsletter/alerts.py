@@ -16,7 +16,7 @@ from email.utils import format_datetime, make_msgid
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from newsletter.config import Settings
@@ -24,7 +24,7 @@ from newsletter.delivery import owed_digests
 from newsletter.harvest.calendar import announcement_evening, announcement_expected, expected_feed_day
 from newsletter.mail import MailBackend
 from newsletter.mail.errors import DeliveryStopped, PermanentDeliveryError, TemporaryDeliveryError
-from newsletter.models import AdminAlert, AlertCause, Run, RunStatus, utcnow
+from newsletter.models import AdminAlert, AlertCause, Run, RunStatus, table_of, utcnow
 from newsletter.operator import completeness
 
 log = logging.getLogger(__name__)
@@ -89,15 +89,16 @@ def due_causes(session: Session, settings: Settings, now: dt.datetime) -> list[C
 
 def _insert_once(session: Session, cause: Cause) -> AdminAlert | None:
     """The new alert row, or None when the day already has one for this cause (commits)."""
-    alert = AdminAlert(day=cause.day, cause=cause.cause, detail=cause.detail[:4000])
-    try:
-        with session.begin_nested():
-            session.add(alert)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table_of(AdminAlert)).values(
+        day=cause.day, cause=str(cause.cause), detail=cause.detail[:4000], raised_at=utcnow(), mail_attempts=0
+    )
+    # RETURNING says whether this call inserted the row (rowcount is -1 for it on psycopg).
+    inserted = session.execute(statement.on_conflict_do_nothing().returning(table_of(AdminAlert).c.day)).first()
+    session.commit()
+    if inserted is None:
         return None
-    return alert
+    return session.get(AdminAlert, (cause.day, cause.cause), populate_existing=True)
 
 
 def alert_mail(settings: Settings, alert: AdminAlert) -> EmailMessage:

@@ -97,6 +97,6 @@ def metrics(request: Request, session: SessionDep, services: ServicesDep) -> Res
     """The newest day's counts and latencies, Prometheus text format (401 without the token)."""
     if not is_admin(request, services):
         return Response("the admin token is needed\n", status_code=401, media_type="text/plain", headers=CHALLENGE)
-    reports = recent_days(session, _lease(services), days=7)
+    reports = recent_days(session, _lease(services))
     newest = next((report for report in reports if report.status != "no_run"), None)
     return Response(exposition(newest, _unmailed(session)), media_type=CONTENT_TYPE)
