@@ -7,11 +7,15 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from newsletter.models import FeedCategoryCount, GapKind, HarvestGap, HarvestTally
+from newsletter.harvest import DayHarvest
+from newsletter.harvest.store import record_completeness
+from newsletter.models import AnnounceType, FeedCategoryCount, GapKind, HarvestGap, HarvestTally
 from newsletter.operator import completeness
 from newsletter.pipeline import harvest_stage, production_transports
 from newsletter.status import status_lines
@@ -106,3 +110,24 @@ def test_the_models_and_the_migrations_describe_the_same_schema(pg_engine: Engin
     with pg_engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert differences == []
+
+
+HOSTILE_CATEGORIES = ["cs.AI", "x" * 40, "x" * 40 + "y", "  ", "数学.AG", "cs.AI\u200b", "<script>"]
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    categories=st.lists(st.text(min_size=0, max_size=60), max_size=6),
+    reasons=st.lists(st.text(max_size=300), max_size=4),
+)
+def test_any_category_or_unparsed_reason_from_the_feed_is_recorded_without_breaking_the_day(
+    pg_engine: Engine, categories: list[str], reasons: list[str]
+) -> None:
+    harvest = DayHarvest(day=THURSDAY, skipped=[reason.replace("\x00", "") for reason in reasons])
+    for category in [*categories, *HOSTILE_CATEGORIES]:
+        harvest.listed[(category.replace("\x00", ""), AnnounceType.NEW)] += 1
+    with Session(pg_engine) as session:
+        record_completeness(session, harvest)
+        recorded = sum(row.count for row in session.scalars(select(FeedCategoryCount)))
+        session.rollback()
+    assert recorded == sum(harvest.listed.values())

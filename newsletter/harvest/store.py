@@ -269,9 +269,13 @@ def record_completeness(session: Session, harvest: DayHarvest) -> None:
             replace_not_held=harvest.replace_not_held,
         )
     )
+    # A category is outside text: cut to its column, and counted again after the cut so no key repeats.
+    per_category: Counter[tuple[str, str]] = Counter()
+    for (category, kind), count in harvest.listed.items():
+        per_category[(category[:32], str(kind))] += count
     session.add_all(
-        FeedCategoryCount(day=harvest.day, category=category[:32], announce_type=str(kind), count=count)
-        for (category, kind), count in harvest.listed.items()
+        FeedCategoryCount(day=harvest.day, category=category, announce_type=kind, count=count)
+        for (category, kind), count in per_category.items()
     )
     gaps = {
         (kind, subject[:200]) for kind, subjects in _gap_subjects(harvest).items() for subject in subjects
