@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # The feed is late an hour after it usually shows the day (NEWSLETTER_BEAT_POLL_START).
 FEED_GRACE = dt.timedelta(hours=1)
-# Runs this recent are checked; older days were checked when they were recent.
+# Runs that ran this recently are checked; older ones were checked when they ran.
 DAYS_CHECKED = 7
 MAX_MAIL_ATTEMPTS = 5
 
@@ -77,9 +77,11 @@ def run_causes(session: Session, run: Run, lease: dt.timedelta) -> list[Cause]:
 def due_causes(session: Session, settings: Settings, now: dt.datetime) -> list[Cause]:
     """Every cause to alert on now, oldest day first."""
     lease = dt.timedelta(seconds=settings.delivery_claim_lease_seconds)
-    since = now.date() - dt.timedelta(days=DAYS_CHECKED)
+    since = now - dt.timedelta(days=DAYS_CHECKED)
     causes = []
-    for run in session.scalars(select(Run).where(col(Run.day) >= since).order_by(col(Run.day))):
+    # Runs that ran lately, whatever their day (a rerun of an old day counts).
+    recent = or_(col(Run.started_at) >= since, col(Run.finished_at) >= since)
+    for run in session.scalars(select(Run).where(recent).order_by(col(Run.day))):
         causes += run_causes(session, run, lease)
     late = feed_late(session, settings, now)
     if late is not None:
@@ -111,7 +113,8 @@ def alert_mail(settings: Settings, alert: AdminAlert) -> EmailMessage:
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid(domain=settings.from_address.rpartition("@")[2] or "localhost")
     message["Auto-Submitted"] = "auto-generated"
-    message["X-Digest-Day"] = "alerts"
+    # The outbox backend files a message under this: one file per alert, not one per operator.
+    message["X-Digest-Day"] = f"alert-{alert.day.isoformat()}-{alert.cause}"
     message.set_content(
         f"Day: {alert.day}\nCause: {alert.cause}\n\n{alert.detail}\n\n"
         f"Operator page: {settings.base_url}/admin\n",

@@ -161,8 +161,11 @@ def run_daily(
 
         settings = _settings()
         with session_scope(_engine()) as session:
-            summary = run(session, settings, production_transports(settings), day)
-            alert_now(session, settings)
+            try:
+                summary = run(session, settings, production_transports(settings), day)
+            finally:
+                session.rollback()  # a stage that failed left its transaction behind
+                alert_now(session, settings)
     for day_summary in [*summary.earlier, summary]:
         reason = f" ({day_summary.reason})" if day_summary.reason else ""
         typer.echo(f"{day_summary.day}: {day_summary.status}{reason}")

@@ -138,6 +138,23 @@ def test_a_day_that_dies_in_a_stage_says_so_in_one_line_and_status_shows_it_fail
         assert session.scalars(select(Run.status).where(Run.day == DAY)).one() == RunStatus.FAILED
 
 
+def test_a_failed_day_is_mailed_to_the_operator_once_however_often_it_is_run(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine
+) -> None:
+    env = {**day_env, "NEWSLETTER_ADMIN_EMAIL": "ops@example.org"}
+    with selections_refused(engine):
+        first = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **env)
+        second = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **env)
+
+    assert first.returncode != 0 and second.returncode != 0
+    # Other causes have mails of their own (cs.AI's feed is empty here; today's feed may be late by the clock).
+    mails = sorted((tmp_path / "outbox").glob(f"alert-{DAY}-run_failed/*.eml"))
+    assert [path.name for path in mails] == ["ops@example.org.eml"]
+    alert = email.message_from_bytes(mails[0].read_bytes(), policy=email.policy.default)
+    assert alert["Subject"] == f"[arXiv digest] {DAY}: run failed"
+    assert DISK_FULL in alert.get_body(("plain",)).get_content()
+
+
 @pytest.mark.parametrize(
     ("options", "env"),
     [(["--verbose"], {}), (["-v"], {}), ([], {"NEWSLETTER_LOG_LEVEL": "debug"})],
