@@ -19,6 +19,7 @@ from newsletter.harvest.calendar import EASTERN
 from newsletter.mail import make_backend
 from newsletter.models import AdminAlert, AlertCause, Run, RunStatus
 from newsletter.pipeline import production_transports, run_daily
+from newsletter.status import status_lines
 from newsletter.subscribers import subscribe
 from newsletter.web.app import create_app
 from tests.conftest import make_settings
@@ -91,6 +92,17 @@ def test_status_json_answers_the_contract_newest_first(client: TestClient, smtp_
     assert seen.tzinfo is not None and seen < accepted
     assert len(smtp_sink.messages_to("ada@example.org")) == 2
     assert days[1]["missing"] == [] and days[1]["stored"] == 2
+
+
+@pytest.mark.usefixtures("two_days")
+def test_status_prints_each_days_completeness_and_its_latency(session: Session, settings: Settings) -> None:
+    lines = {line[:10]: line for line in status_lines(session, settings) if line[:4] == "2026"}
+
+    assert "announced 2 (new 2, cross 0, replace 0), stored 1" in lines["2026-11-19"]
+    assert "missing (the API did not return them): 2611.01902" in lines["2026-11-19"]
+    assert "announced 2 (new 2, cross 0, replace 0), stored 2" in lines["2026-11-18"]
+    assert "missing" not in lines["2026-11-18"]
+    assert all("feed seen to last digest accepted: " in line for line in lines.values())
 
 
 @pytest.mark.usefixtures("two_days")
