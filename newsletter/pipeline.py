@@ -35,7 +35,6 @@ from newsletter.harvest import (
     feed_days_between,
     is_harvested,
     last_harvested_before,
-    parse_announcement_feed,
     read_feed,
     store_day,
 )
@@ -466,8 +465,3 @@ def _deliver_owed(
         delivery.bounced += done.bounced
     return delivery
 
-
-def latest_announcement_day(feed: FeedSource) -> dt.date | None:
-    """The day the announcement feed shows now, None on a day without announcement."""
-    parsed = parse_announcement_feed(feed.fetch_feed())
-    return parsed.day if parsed.has_announcement else None
