@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     arxiv_timeout_seconds: float = Field(30.0, gt=0)
     arxiv_max_retries: int = Field(4, ge=0, le=10)
     arxiv_retry_base_seconds: float = Field(2.0, ge=0)
+    # "selected": ask the API only for the papers some subscriber's keywords match on the feed's own
+    # text, when that takes fewer requests; the others keep the feed's fields.
+    arxiv_details: Literal["all", "selected"] = "all"
     categories: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["cs.AI", "cs.LG", "cs.CL", "cs.CV", "cs.RO", "stat.ML"]
     )

@@ -321,6 +321,9 @@ class HarvestTally(SQLModel, table=True):
     stored: int = 0
     # Replacements of papers never harvested here: nobody here was sent them, so they are not fetched.
     replace_not_held: int = 0
+    # Papers no subscriber's keywords matched, kept with the feed's own fields to save API requests
+    # (NEWSLETTER_ARXIV_DETAILS=selected).
+    details_skipped: int = 0
     recorded_at: dt.datetime = Field(default_factory=utcnow)
 
 

@@ -38,6 +38,7 @@ class Completeness:
     replace: int
     stored: int
     replace_not_held: int = 0
+    details_skipped: int = 0
     missing: list[str] = field(default_factory=list)  # IDs the API did not return
     unparsed: list[str] = field(default_factory=list)  # feed items that could not be read, and why
     empty_categories: list[str] = field(default_factory=list)
@@ -69,6 +70,8 @@ class Completeness:
             phrases.append(f"categories with an empty feed: {', '.join(self.empty_categories)}")
         if self.replace_not_held:
             phrases.append(f"{self.replace_not_held} replacements of papers never harvested here (not fetched)")
+        if self.details_skipped:
+            phrases.append(f"{self.details_skipped} papers no keyword matched kept from the feed (not fetched)")
         return phrases
 
 
@@ -90,6 +93,7 @@ def completeness(session: Session, day: dt.date) -> Completeness | None:
         replace=tally.announced_replace,
         stored=tally.stored,
         replace_not_held=tally.replace_not_held,
+        details_skipped=tally.details_skipped,
         missing=gaps[GapKind.NOT_RETURNED],
         unparsed=gaps[GapKind.UNPARSED],
         empty_categories=gaps[GapKind.EMPTY_CATEGORY],

@@ -38,8 +38,11 @@ from newsletter.harvest import (
     read_feed,
     store_day,
 )
+from newsletter.harvest.records import PaperRecord
+from newsletter.harvest.store import Interest
+from newsletter.keywords import PaperText
 from newsletter.mail import MailBackend, make_backend
-from newsletter.matching import MatchResult, select_papers_for_day
+from newsletter.matching import MatchResult, keys_anyone_matches, select_papers_for_day
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -137,6 +140,7 @@ def harvest_stage(
     transports: Transports,
     day: dt.date | None = None,
     categories: Sequence[str] = (),
+    interest: Interest | None = None,
 ) -> HarvestOutcome:
     """Store the papers announced on `day` (default: the feed's day) and on missed days before it.
 
@@ -151,7 +155,7 @@ def harvest_stage(
     current = feed.day if feed.has_announcement else None
     target = day or current
     try:
-        collected = _collect_days(session, transports, feed, target, categories)
+        collected = _collect_days(session, transports, feed, target, categories, interest)
     except HarvestError as exc:
         exc.day = exc.day or target
         raise
@@ -187,6 +191,7 @@ def _collect_days(
     feed: AnnouncementFeed,
     target: dt.date | None,
     categories: Sequence[str],
+    interest: Interest | None = None,
 ) -> list[DayHarvest]:
     """Fetch (without writing) the target day and the missed days before it."""
     current = feed.day if feed.has_announcement else None
@@ -199,7 +204,7 @@ def _collect_days(
     also = target if target is not None and target != current else None
     collected = _collect_missed(session, transports, until, also, categories, feed)
     if target is not None and target == current and not is_harvested(session, target):
-        collected.append(collect_feed_day(session, feed, transports.details, categories))
+        collected.append(collect_feed_day(session, feed, transports.details, categories, interest))
     return collected
 
 
@@ -277,12 +282,28 @@ def _record_failure(session: Session, day: dt.date, stage: Stage | None, exc: Ba
     return reason
 
 
+def details_interest(session: Session, settings: Settings) -> Interest | None:
+    """With NEWSLETTER_ARXIV_DETAILS=selected: which feed records some subscriber's keywords match."""
+    if settings.arxiv_details != "selected":
+        return None
+
+    def wanted(records: Sequence[PaperRecord]) -> set[str]:
+        texts = (PaperText(r.arxiv_id, r.title, r.abstract, r.authors, r.categories) for r in records)
+        return keys_anyone_matches(session, texts)
+
+    return wanted
+
+
 def harvest_day(
-    session: Session, transports: Transports, day: dt.date | None, categories: Sequence[str] = ()
+    session: Session,
+    transports: Transports,
+    day: dt.date | None,
+    categories: Sequence[str] = (),
+    interest: Interest | None = None,
 ) -> HarvestOutcome:
     """Harvest the day (or the latest) and record it in its run; outcome.day is None when nothing was announced."""
     started = time.perf_counter()
-    outcome = harvest_stage(session, transports, day, categories)
+    outcome = harvest_stage(session, transports, day, categories, interest)
     if outcome.day is None:
         return outcome
     runs.claim_run(session, outcome.day)
@@ -395,7 +416,7 @@ def run_daily(
     try:
         # Before the feed is read the day may be unknown: the failure goes to the day arXiv should show.
         with failing_run_on_error(session, day or expected_feed_day(utcnow()), Stage.HARVEST, expected=HarvestError):
-            harvest = harvest_day(session, transports, day, settings.categories)
+            harvest = harvest_day(session, transports, day, settings.categories, details_interest(session, settings))
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)

@@ -15,10 +15,11 @@ from sqlmodel import Session, SQLModel
 
 from newsletter.harvest import DayHarvest
 from newsletter.harvest.store import record_completeness
-from newsletter.models import AnnounceType, FeedCategoryCount, GapKind, HarvestGap, HarvestTally
+from newsletter.models import AnnounceType, FeedCategoryCount, GapKind, HarvestGap, HarvestTally, Paper
 from newsletter.operator import completeness
-from newsletter.pipeline import harvest_stage, production_transports
+from newsletter.pipeline import harvest_stage, production_transports, run_daily
 from newsletter.status import status_lines
+from newsletter.subscribers import subscribe
 from tests.conftest import make_settings
 from tests.servers import ArxivServer, build_feed, make_paper
 
@@ -131,3 +132,46 @@ def test_any_category_or_unparsed_reason_from_the_feed_is_recorded_without_break
         recorded = sum(row.count for row in session.scalars(select(FeedCategoryCount)))
         session.rollback()
     assert recorded == sum(harvest.listed.values())
+
+
+def test_with_details_for_selected_papers_only_the_api_is_asked_for_what_someone_will_be_sent(
+    engine: Engine, session: Session, tmp_path: Path, arxiv_server: ArxivServer
+) -> None:
+    settings = harvest_settings(engine, tmp_path, arxiv_server).model_copy(update={"arxiv_details": "selected"})
+    subscribe(session, "ada@example.org", ["diffusion policy"], confirmed=True)
+    session.commit()
+    papers = [
+        make_paper(f"2611.{i:05d}", title=f"{'Diffusion policy' if i % 100 == 7 else 'Sparse kernels'} {i}")
+        for i in range(1, 251)
+    ]
+    arxiv_server.add_papers(*papers)
+    arxiv_server.set_feed(CATEGORIES, build_feed(THURSDAY, papers, categories=CATEGORIES))
+
+    summary = run_daily(session, settings, production_transports(settings), THURSDAY)
+
+    assert [r.query["id_list"] for r in arxiv_server.api_requests] == ["2611.00007,2611.00107,2611.00207"]
+    sources = dict(session.execute(select(Paper.arxiv_id, Paper.details_source)).all())
+    assert [arxiv_id for arxiv_id, source in sources.items() if source == "api"] == [
+        "2611.00007", "2611.00107", "2611.00207"
+    ]
+    assert len(sources) == 250
+    assert summary.stats["match"]["selections"] == 3
+    tally = completeness(session, THURSDAY)
+    assert tally is not None and (tally.missing, tally.stored) == ([], 250)
+    assert "247 papers no keyword matched kept from the feed (not fetched)" in tally.gaps()
+
+
+def test_with_details_for_selected_papers_a_day_everyone_wants_is_fetched_whole(
+    engine: Engine, session: Session, tmp_path: Path, arxiv_server: ArxivServer
+) -> None:
+    settings = harvest_settings(engine, tmp_path, arxiv_server).model_copy(update={"arxiv_details": "selected"})
+    subscribe(session, "ada@example.org", ["kernels"], confirmed=True)
+    session.commit()
+    papers = [make_paper(f"2611.{i:05d}", title=f"{'Sparse kernels' if i > 2 else 'Other'} {i}") for i in range(1, 151)]
+    arxiv_server.add_papers(*papers)
+    arxiv_server.set_feed(CATEGORIES, build_feed(THURSDAY, papers, categories=CATEGORIES))
+
+    run_daily(session, settings, production_transports(settings), THURSDAY)
+
+    # 148 wanted would take two requests as 150 do: nothing is saved, so nothing is left out.
+    assert [len(r.query["id_list"].split(",")) for r in arxiv_server.api_requests] == [100, 50]

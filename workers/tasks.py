@@ -32,6 +32,7 @@ from newsletter.pipeline import (
     claimed_elsewhere,
     deliver_chunk,
     delivery_chunks,
+    details_interest,
     failure_reason,
     finish_day,
     harvest_day,
@@ -117,7 +118,8 @@ def harvest(day: str) -> str:
     with day_session(day) as (session, date), locked_day(date, 1900):
         if not run_is_open(session, date):
             return "skipped: the run ended"
-        harvest = harvest_day(session, production_transports(settings), date, settings.categories)
+        interest = details_interest(session, settings)
+        harvest = harvest_day(session, production_transports(settings), date, settings.categories, interest)
         if harvest.day is None:
             end_run(session, date, RunStatus.NO_ANNOUNCEMENT, "the feed shows no announcement")
             return "no announcement"

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("announced_replace", sa.Integer(), nullable=False),
         sa.Column("stored", sa.Integer(), nullable=False),
         sa.Column("replace_not_held", sa.Integer(), nullable=False),
+        sa.Column("details_skipped", sa.Integer(), nullable=False),
         sa.Column("recorded_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("day"),
     )

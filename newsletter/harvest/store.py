@@ -12,7 +12,7 @@ from sqlalchemy import Table, and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from newsletter.harvest.api import DetailsSource, SubmissionSearch
+from newsletter.harvest.api import API_BATCH, DetailsSource, SubmissionSearch
 from newsletter.harvest.calendar import announcement_day_for, feed_days_between, submission_window
 from newsletter.harvest.feed import AnnouncementFeed, FeedItem, FeedSource, read_feed
 from newsletter.harvest.records import HarvestError, PaperRecord
@@ -48,6 +48,7 @@ class DayHarvest:
     listed: Counter[tuple[str, AnnounceType]] = field(default_factory=Counter)
     stored: int = 0
     replace_not_held: int = 0
+    details_skipped: list[str] = field(default_factory=list)
     empty_categories: list[str] = field(default_factory=list)
 
     def stats(self) -> dict:
@@ -91,12 +92,36 @@ def _tally_feed(harvest: DayHarvest, feed: AnnouncementFeed, categories: Sequenc
     return latest
 
 
+# Which of these feed records someone wants: their IDs (the harvest then fetches details for those only).
+Interest = Callable[[Sequence[PaperRecord]], set[str]]
+
+
+def _batches(count: int) -> int:
+    return -(-count // API_BATCH)
+
+
+def _worth_fetching(
+    wanted: list[str], latest: dict[str, FeedItem], announced: dict[str, AnnounceType], interest: Interest
+) -> tuple[list[str], list[str]]:
+    """(to fetch, to keep from the feed): only the papers someone wants, and replacements, when that saves requests."""
+    keep = interest([latest[arxiv_id].record for arxiv_id in wanted if arxiv_id in announced])
+    chosen = [arxiv_id for arxiv_id in wanted if arxiv_id not in announced or arxiv_id in keep]
+    if _batches(len(chosen)) >= _batches(len(wanted)):
+        return wanted, []
+    return chosen, [arxiv_id for arxiv_id in wanted if arxiv_id not in set(chosen)]
+
+
 def collect_feed_day(
-    session: Session, feed: AnnouncementFeed, details_source: DetailsSource, categories: Sequence[str] = ()
+    session: Session,
+    feed: AnnouncementFeed,
+    details_source: DetailsSource,
+    categories: Sequence[str] = (),
+    interest: Interest | None = None,
 ) -> DayHarvest:
     """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing).
 
-    `categories` are the configured ones: one the feed lists nothing in is named as a gap.
+    `categories` are the configured ones: one the feed lists nothing in is named as a gap. With
+    `interest`, details are fetched only for the papers it names, when that takes fewer requests.
     """
     assert feed.day is not None
     harvest = DayHarvest(day=feed.day, skipped=list(feed.skipped))
@@ -114,6 +139,10 @@ def collect_feed_day(
             wanted.append(arxiv_id)
         else:
             harvest.stored += 1  # held already, at this version, with the API's details
+    if interest is not None and wanted:
+        wanted, harvest.details_skipped = _worth_fetching(wanted, latest, harvest.announcements, interest)
+        harvest.records += [latest[arxiv_id].record for arxiv_id in harvest.details_skipped]
+        harvest.stored += len(harvest.details_skipped)
     details = {record.arxiv_id: record for record in details_source.fetch_details(wanted)} if wanted else {}
     for arxiv_id in wanted:
         record = details.get(arxiv_id)
@@ -267,6 +296,7 @@ def record_completeness(session: Session, harvest: DayHarvest) -> None:
             announced_replace=types[AnnounceType.REPLACE],
             stored=harvest.stored,
             replace_not_held=harvest.replace_not_held,
+            details_skipped=len(harvest.details_skipped),
         )
     )
     # A category is outside text: cut to its column, and counted again after the cut so no key repeats.
