@@ -345,13 +345,18 @@ def run_daily(
         except RunTimeout as exc:
             raise CommandError(str(exc)) from exc
     else:
+        from newsletter.alerts import alert_now
         from newsletter.db import session_scope
         from newsletter.pipeline import production_transports
         from newsletter.pipeline import run_daily as run
 
         settings = _settings()
         with session_scope(_engine()) as session:
-            summary = run(session, settings, production_transports(settings), day)
+            try:
+                summary = run(session, settings, production_transports(settings), day)
+            finally:
+                session.rollback()  # a stage that failed left its transaction behind
+                alert_now(session, settings)
     for day_summary in [*summary.earlier, summary]:
         reason = f" ({day_summary.reason})" if day_summary.reason else ""
         typer.echo(f"{day_summary.day}: {day_summary.status}{reason}")

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     arxiv_timeout_seconds: float = Field(30.0, gt=0)
     arxiv_max_retries: int = Field(4, ge=0, le=10)
     arxiv_retry_base_seconds: float = Field(2.0, ge=0)
+    # "selected": ask the API only for the papers some subscriber's keywords match on the feed's own
+    # text, when that takes fewer requests; the others keep the feed's fields.
+    arxiv_details: Literal["all", "selected"] = "all"
     categories: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["cs.AI", "cs.LG", "cs.CL", "cs.CV", "cs.RO", "stat.ML"]
     )
@@ -112,9 +115,19 @@ class Settings(BaseSettings):
     delivery_chunk_size: int = Field(200, ge=1, le=10_000)
     celery_visibility_timeout_seconds: float = Field(3600.0, gt=0)
     beat_timezone: str = "America/New_York"
+    # When the feed usually shows the day (the alert for a late feed waits an hour past it) and until when to poll.
     beat_poll_start: dt.time = dt.time(20, 30)
     beat_poll_end: dt.time = dt.time(4, 0)
-    beat_poll_every_minutes: int = Field(30, ge=1, le=60)
+    # A conditional request (ETag / If-Modified-Since): an unchanged feed costs one empty 304.
+    beat_poll_every_minutes: int = Field(2, ge=1, le=60)
+    # Feed days without an announcement beyond weekends (arXiv's published holiday schedule).
+    arxiv_holidays: Annotated[list[dt.date], NoDecode] = Field(
+        default_factory=lambda: [dt.date(2026, 11, 27), dt.date(2026, 12, 25), dt.date(2027, 1, 1)]
+    )
+
+    # The operator: alerts go to this address; the /admin pages and /metrics need this token (off without it).
+    admin_email: str | None = None
+    admin_token: str | None = None
 
     default_language: str = "ZH-HANS"
     default_timezone: str = "Asia/Shanghai"
@@ -132,6 +145,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("arxiv_holidays", mode="before")
+    @classmethod
+    def _split_holidays(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # NEWSLETTER_ADMIN_TOKEN= in a .env: the admin pages are off
+        if value is not None and len(value.strip()) < 16:
+            raise ValueError("NEWSLETTER_ADMIN_TOKEN must be a random value of 16+ characters (or unset: no /admin)")
+        return value.strip() if value is not None else None
 
     @field_validator("categories")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,12 @@ def load_profiles(session: Session) -> dict[int, list[str]]:
     for subscriber_id, expression in rows:
         profiles[subscriber_id].append(expression)
     return dict(profiles)
+
+
+def keys_anyone_matches(session: Session, papers: Iterable[PaperText]) -> set[str]:
+    """The keys of the papers some active subscriber's keywords match (the harvest then fetches only those)."""
+    selected = KeywordIndex.build(load_profiles(session).items()).select(papers)
+    return {key for per_keyword in selected.values() for hits in per_keyword for key in hits}
 
 
 def paper_text(paper: Paper) -> PaperText:

@@ -228,6 +228,10 @@ class Run(SQLModel, table=True):
     # A harvest attempt that failed after the day itself was stored (a missed day's, say).
     last_harvest_failure_at: dt.datetime | None = None
     last_harvest_failure: str | None = Field(default=None, sa_column=Column(Text))
+    # When a poll or a harvest first found the day in the announcement feed (set once).
+    feed_seen_at: dt.datetime | None = None
+    # When the mail server accepted the day's last digest (set when the run ends).
+    last_accepted_at: dt.datetime | None = None
 
 
 class RunStage(SQLModel, table=True):
@@ -399,3 +403,90 @@ class RateLimitSlot(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     next_free: float = 0.0
+
+
+class HarvestTally(SQLModel, table=True):
+    """What the announcement feed listed for a day and how much of it the harvest stored (one row per day).
+
+    announced_* count distinct IDs by their announce type; `stored` those now held with the API's
+    details; the rest is named in harvest_gap (not returned, unparsed) or `replace_not_held`.
+    """
+
+    __tablename__ = "harvest_tally"
+
+    day: dt.date = Field(primary_key=True)
+    source: str = Field(default="feed", max_length=16)  # "feed", or "api-window" for a caught-up day
+    announced_new: int = 0
+    announced_cross: int = 0
+    announced_replace: int = 0
+    stored: int = 0
+    # Replacements of papers never harvested here: nobody here was sent them, so they are not fetched.
+    replace_not_held: int = 0
+    # Papers no subscriber's keywords matched, kept with the feed's own fields to save API requests
+    # (NEWSLETTER_ARXIV_DETAILS=selected).
+    details_skipped: int = 0
+    recorded_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class FeedCategoryCount(SQLModel, table=True):
+    """Items the day's announcement feed listed per category and announce type."""
+
+    __tablename__ = "feed_category_count"
+
+    day: dt.date = Field(primary_key=True)
+    category: str = Field(primary_key=True, max_length=32)
+    announce_type: str = Field(primary_key=True, max_length=16)
+    count: int = 0
+
+
+class GapKind(StrEnum):
+    """Why part of a day's announcement is not stored with its details."""
+
+    NOT_RETURNED = "not_returned"  # the API did not return the ID (the feed's own fields stand in)
+    UNPARSED = "unparsed"  # a feed item that could not be read (subject: the reason)
+    EMPTY_CATEGORY = "empty_category"  # a configured category with no item on an announcement day
+
+
+class HarvestGap(SQLModel, table=True):
+    """One named difference between what the feed announced and what the harvest stored."""
+
+    __tablename__ = "harvest_gap"
+
+    day: dt.date = Field(primary_key=True)
+    kind: GapKind = Field(sa_column=Column(String(16), primary_key=True))
+    subject: str = Field(primary_key=True, max_length=200)
+
+
+class FeedValidator(SQLModel, table=True):
+    """The announcement feed's cache validators, so an unchanged feed costs one 304."""
+
+    __tablename__ = "feed_validator"
+
+    url: str = Field(primary_key=True, max_length=1000)
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=64)
+    # The announcement day the feed showed at its last full answer (None: no announcement).
+    day: dt.date | None = None
+    fetched_at: dt.datetime = Field(default_factory=utcnow)
+    changed_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class AlertCause(StrEnum):
+    FEED_LATE = "feed_late"
+    HARVEST_INCOMPLETE = "harvest_incomplete"
+    RUN_FAILED = "run_failed"
+    DIGESTS_OWED = "digests_owed"
+
+
+class AdminAlert(SQLModel, table=True):
+    """An alert to the operator, inserted once per day and cause; mailed to NEWSLETTER_ADMIN_EMAIL."""
+
+    __tablename__ = "admin_alert"
+
+    day: dt.date = Field(primary_key=True)
+    cause: AlertCause = Field(sa_column=Column(String(24), primary_key=True))
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    raised_at: dt.datetime = Field(default_factory=utcnow)
+    mailed_at: dt.datetime | None = None
+    mail_attempts: int = 0
+    mail_error: str | None = Field(default=None, sa_column=Column(Text))

@@ -35,12 +35,14 @@ from newsletter.harvest import (
     feed_days_between,
     is_harvested,
     last_harvested_before,
-    parse_announcement_feed,
     read_feed,
     store_day,
 )
+from newsletter.harvest.records import PaperRecord
+from newsletter.harvest.store import Interest
+from newsletter.keywords import PaperText
 from newsletter.mail import MailBackend, make_backend
-from newsletter.matching import MatchResult, select_papers_for_day
+from newsletter.matching import MatchResult, keys_anyone_matches, select_papers_for_day
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -69,16 +71,18 @@ class Transports:
     mail: MailBackend
 
 
+def production_feed(settings: Settings) -> HttpFeedSource:
+    """The announcement feed of the configured categories, over HTTP."""
+    return HttpFeedSource(
+        settings.feed_url, settings.arxiv_timeout_seconds, settings.arxiv_max_retries, settings.arxiv_retry_base_seconds
+    )
+
+
 def production_transports(settings: Settings) -> Transports:
     """arXiv, DeepL and mail as configured by Settings."""
     translator = make_translator(settings)
     return Transports(
-        feed=HttpFeedSource(
-            settings.feed_url,
-            settings.arxiv_timeout_seconds,
-            settings.arxiv_max_retries,
-            settings.arxiv_retry_base_seconds,
-        ),
+        feed=production_feed(settings),
         details=shared_arxiv_source(
             settings.arxiv_api_url,
             settings.arxiv_delay_seconds,
@@ -136,6 +140,7 @@ def harvest_stage(
     transports: Transports,
     day: dt.date | None = None,
     categories: Sequence[str] = (),
+    interest: Interest | None = None,
 ) -> HarvestOutcome:
     """Store the papers announced on `day` (default: the feed's day) and on missed days before it.
 
@@ -145,11 +150,12 @@ def harvest_stage(
     if day is not None and is_harvested(session, day):
         return HarvestOutcome(day, skipped="already harvested")
     session.commit()  # nothing of ours stays pending while we wait on the network
+    read_at = utcnow()
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
     target = day or current
     try:
-        collected = _collect_days(session, transports, feed, target, categories)
+        collected = _collect_days(session, transports, feed, target, categories, interest)
     except HarvestError as exc:
         exc.day = exc.day or target
         raise
@@ -157,6 +163,8 @@ def harvest_stage(
         store_day(session, day_harvest)
     caught_up = sorted(d.day for d in collected if d.day != target)
     runs.mark_caught_up(session, caught_up)
+    if target is not None and target == current:
+        runs.note_feed_seen(session, target, read_at)
     if target is None:
         runs.record_no_announcement(session, feed.day or expected_feed_day(utcnow()), NO_ANNOUNCEMENT_REASON)
     else:
@@ -183,6 +191,7 @@ def _collect_days(
     feed: AnnouncementFeed,
     target: dt.date | None,
     categories: Sequence[str],
+    interest: Interest | None = None,
 ) -> list[DayHarvest]:
     """Fetch (without writing) the target day and the missed days before it."""
     current = feed.day if feed.has_announcement else None
@@ -195,7 +204,7 @@ def _collect_days(
     also = target if target is not None and target != current else None
     collected = _collect_missed(session, transports, until, also, categories, feed)
     if target is not None and target == current and not is_harvested(session, target):
-        collected.append(collect_feed_day(session, feed, transports.details))
+        collected.append(collect_feed_day(session, feed, transports.details, categories, interest))
     return collected
 
 
@@ -273,12 +282,28 @@ def _record_failure(session: Session, day: dt.date, stage: Stage | None, exc: Ba
     return reason
 
 
+def details_interest(session: Session, settings: Settings) -> Interest | None:
+    """With NEWSLETTER_ARXIV_DETAILS=selected: which feed records some subscriber's keywords match."""
+    if settings.arxiv_details != "selected":
+        return None
+
+    def wanted(records: Sequence[PaperRecord]) -> set[str]:
+        texts = (PaperText(r.arxiv_id, r.title, r.abstract, r.authors, r.categories) for r in records)
+        return keys_anyone_matches(session, texts)
+
+    return wanted
+
+
 def harvest_day(
-    session: Session, transports: Transports, day: dt.date | None, categories: Sequence[str] = ()
+    session: Session,
+    transports: Transports,
+    day: dt.date | None,
+    categories: Sequence[str] = (),
+    interest: Interest | None = None,
 ) -> HarvestOutcome:
     """Harvest the day (or the latest) and record it in its run; outcome.day is None when nothing was announced."""
     started = time.perf_counter()
-    outcome = harvest_stage(session, transports, day, categories)
+    outcome = harvest_stage(session, transports, day, categories, interest)
     if outcome.day is None:
         return outcome
     runs.claim_run(session, outcome.day)
@@ -392,7 +417,7 @@ def run_daily(
     try:
         # Before the feed is read the day may be unknown: the failure goes to the day arXiv should show.
         with failing_run_on_error(session, day or expected_feed_day(utcnow()), Stage.HARVEST, expected=HarvestError):
-            harvest = harvest_day(session, transports, day, settings.categories)
+            harvest = harvest_day(session, transports, day, settings.categories, details_interest(session, settings))
     except HarvestError as exc:
         session.rollback()
         log.error("harvest failed: %s", exc)
@@ -462,8 +487,3 @@ def _deliver_owed(
         delivery.bounced += done.bounced
     return delivery
 
-
-def latest_announcement_day(feed: FeedSource) -> dt.date | None:
-    """The day the announcement feed shows now, None on a day without announcement."""
-    parsed = parse_announcement_feed(feed.fetch_feed())
-    return parsed.day if parsed.has_announcement else None

@@ -124,6 +124,19 @@ def mark_harvested(session: Session, day: dt.date, announced: int, details: dict
     session.flush()
 
 
+def note_feed_seen(session: Session, day: dt.date, at: dt.datetime) -> None:
+    """Record when the announcement feed was first found showing the day, keeping the earliest (caller commits)."""
+    run = session.scalars(select(Run).where(col(Run.day) == day)).first()
+    if run is not None and (run.feed_seen_at is None or at < run.feed_seen_at):
+        run.feed_seen_at = at
+        session.add(run)
+
+
+def last_accepted(session: Session, day: dt.date) -> dt.datetime | None:
+    """When the mail server accepted the day's last digest so far."""
+    return session.scalar(select(func.max(col(Delivery.sent_at))).where(col(Delivery.day) == day))
+
+
 def mark_caught_up(session: Session, days: Iterable[dt.date]) -> None:
     """Note that these days were stored as missed days by a later harvest, in the caller's transaction."""
     days = list(days)
@@ -257,6 +270,7 @@ def finish_run(session: Session, run: Run, owed: str | None = None) -> Run:
     match = stage_rows(session, run).get(Stage.MATCH)
     selections = match.selections if match is not None else None
     run.status, run.finished_at, run.failed_stage = RunStatus.COMPLETED, now, None
+    run.last_accepted_at = last_accepted(session, run.day)
     if owed is not None:
         # A day is done when its digests are: the next run resumes this one.
         run.status, run.reason = RunStatus.INCOMPLETE, owed[:MAX_REASON]

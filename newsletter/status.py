@@ -11,6 +11,7 @@ from sqlmodel import Session, col
 from newsletter.config import Settings
 from newsletter.delivery import bounced_subscribers, owed_digests
 from newsletter.models import Delivery, DeliveryStatus, Run, RunStatus, Stage, Subscriber, utcnow
+from newsletter.operator import completeness
 from newsletter.runs import STALE_RUN, delivery_counts, stage_rows, stage_seconds
 from newsletter.translate import deepl_status_lines
 
@@ -74,19 +75,26 @@ def run_line(session: Session, run: Run, lease: dt.timedelta = dt.timedelta(minu
     selections = match.selections if match is not None else None
     sent = deliveries[DeliveryStatus.SENT]
     reason = no_digest_reason(run, sent, selections)
+    tally = completeness(session, run.day)
+    harvested = tally.summary() if tally is not None else f"announced {_count(announced)}"
     line = (
         f"{run.day}: {run.status}"
         + (" (caught up)" if run.caught_up else "")
         + (f" - no digest ({reason})" if reason else (f" - {run.reason}" if run.reason else ""))
-        + f" | announced {_count(announced)}, selections {_count(selections)}"
+        + f" | {harvested}, selections {_count(selections)}"
         + f", sent {sent}, failed {deliveries[DeliveryStatus.FAILED]}"
         + f", pending {deliveries[DeliveryStatus.CLAIMED]}, DeepL characters {run.billed_characters}"
     )
+    if tally is not None and tally.gaps():
+        line += " | " + "; ".join(tally.gaps())
     if run.status != RunStatus.RUNNING:
         line += " | delivery: " + delivery_outcome(session, run.day, lease)
     seconds = stage_seconds(session, run)
     if seconds:
         line += " | seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items())
+    if run.feed_seen_at is not None and run.last_accepted_at is not None:
+        latency = (run.last_accepted_at - run.feed_seen_at).total_seconds()
+        line += f" | feed seen to last digest accepted: {latency:.0f} s"
     if run.last_harvest_failure is not None and run.last_harvest_failure_at is not None:
         line += (
             f" | last harvest attempt failed at {run.last_harvest_failure_at:%Y-%m-%dT%H:%M}:"

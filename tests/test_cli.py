@@ -144,6 +144,23 @@ def test_a_day_that_dies_in_a_stage_says_so_in_one_line_and_status_shows_it_fail
         assert session.scalars(select(Run.status).where(Run.day == DAY)).one() == RunStatus.FAILED
 
 
+def test_a_failed_day_is_mailed_to_the_operator_once_however_often_it_is_run(
+    tmp_path: Path, day_env: dict[str, str], engine: Engine
+) -> None:
+    env = {**day_env, "NEWSLETTER_ADMIN_EMAIL": "ops@example.org"}
+    with selections_refused(engine):
+        first = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **env)
+        second = run(["run-daily", "--date", DAY.isoformat()], tmp_path, **env)
+
+    assert first.returncode != 0 and second.returncode != 0
+    # Other causes have mails of their own (cs.AI's feed is empty here; today's feed may be late by the clock).
+    mails = sorted((tmp_path / "outbox").glob(f"alert-{DAY}-run_failed/*.eml"))
+    assert [path.name for path in mails] == ["ops@example.org.eml"]
+    alert = email.message_from_bytes(mails[0].read_bytes(), policy=email.policy.default)
+    assert alert["Subject"] == f"[arXiv digest] {DAY}: run failed"
+    assert DISK_FULL in alert.get_body(("plain",)).get_content()
+
+
 @pytest.mark.parametrize(
     ("options", "env"),
     [(["--verbose"], {}), (["-v"], {}), ([], {"NEWSLETTER_LOG_LEVEL": "debug"})],
@@ -174,7 +191,8 @@ def test_a_failed_day_is_done_by_the_next_run_once_the_cause_is_gone(
     assert again.stdout.splitlines()[0] == f"{DAY}: completed"
     assert (tmp_path / "outbox" / DAY.isoformat() / "ada@example.org.eml").exists()
     status = run(["status"], tmp_path, **day_env)
-    assert f"{DAY}: completed | announced 1, selections 1, sent 1" in status.stdout
+    harvested = "announced 1 (new 1, cross 0, replace 0), stored 1"
+    assert f"{DAY}: completed | {harvested}, selections 1, sent 1" in status.stdout
 
 
 def test_status_shows_a_day_whose_process_died_unrecorded_as_stalled_not_running(

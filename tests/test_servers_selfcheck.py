@@ -86,7 +86,7 @@ def test_arxiv_client_fetches_id_list(arxiv_server: ArxivServer) -> None:
     assert beta.primary_category == "cs.LG" and beta.doi == "10.1000/xyz"
     assert beta.comment == "12 pages" and beta.journal_ref == "J. Test 1 (2025)"
     assert beta.pdf_url == "https://arxiv.org/pdf/2501.00002v2"
-    method, path, query, _ = arxiv_server.requests[0]
+    method, path, query, *_ = arxiv_server.requests[0]
     assert (method, path) == ("GET", "/api/query")
     assert query["id_list"].split(",")[0] == "2501.00001" and query["start"] == "0"
 

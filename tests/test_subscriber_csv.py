@@ -335,5 +335,6 @@ def test_the_import_command_refuses_a_missing_file_or_a_bad_header_in_one_line(t
     assert wrong.returncode != 0
     assert wrong.stderr.strip().splitlines() == [
         "newsletter: wrong.csv: line 1: unknown column(s) 'name', 'mail'; missing column(s) email, keywords "
-        "(the columns are: email, keywords, language, time_zone, confirmed, frequency, weekday, empty_day_note, updates)"
+        "(the columns are: email, keywords, language, time_zone, confirmed, frequency, weekday, "
+        "empty_day_note, updates)"
     ]

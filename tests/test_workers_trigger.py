@@ -112,12 +112,31 @@ def test_a_tick_reads_the_day_from_the_feed_and_starts_nothing_without_announcem
     assert enqueued == [DAY]
 
 
-def test_beat_polls_every_half_hour_from_the_announcement_evening_to_early_morning(tmp_path: Path) -> None:
+def test_ticks_on_an_unchanged_feed_cost_one_304_each_and_the_run_records_when_the_feed_showed_the_day(
+    pg_engine: Engine, trigger_settings: Settings, arxiv_server: ArxivServer
+) -> None:
+    enqueued: list[dt.date] = []
+    arxiv_server.set_feed("cs.AI", build_feed(DAY, [make_paper("2611.00001")], ["cs.AI"]))
+    with Session(pg_engine, expire_on_commit=False) as session:
+        before = dt.datetime.now(dt.UTC)
+        ticks = [start_day(session, trigger_settings, None, reopen_finished=False, enqueue=enqueued.append)
+                 for _ in range(3)]
+        run = session.scalars(select(Run).execution_options(populate_existing=True)).one()
+
+    assert [tick.started for tick in ticks] == [True, False, False]
+    assert [tick.day for tick in ticks] == [DAY, DAY, DAY]
+    assert enqueued == [DAY]
+    assert arxiv_server.feed_statuses == [200, 304, 304]
+    assert [bool(r.headers.get("if-none-match")) for r in arxiv_server.feed_requests] == [False, True, True]
+    assert run.feed_seen_at is not None and before <= run.feed_seen_at <= dt.datetime.now(dt.UTC)
+
+
+def test_beat_polls_every_two_minutes_from_the_announcement_evening_to_early_morning(tmp_path: Path) -> None:
     settings = make_settings("sqlite://", tmp_path)
     schedule = poll_crontab(settings)
 
     assert schedule.hour == {20, 21, 22, 23, 0, 1, 2, 3, 4}
-    assert schedule.minute == {0, 30}
+    assert schedule.minute == set(range(0, 60, 2))
     start, end = settings.beat_poll_start, settings.beat_poll_end
     assert [in_poll_window(dt.time(h, m), start, end) for h, m in [(20, 0), (20, 30), (23, 30), (4, 0), (4, 30)]] == [
         False,

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
+from newsletter.alerts import alert_now
 from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
 from newsletter.models import RunStatus, Stage
@@ -31,6 +32,7 @@ from newsletter.pipeline import (
     claimed_elsewhere,
     deliver_chunk,
     delivery_chunks,
+    details_interest,
     failure_reason,
     finish_day,
     harvest_day,
@@ -116,7 +118,8 @@ def harvest(day: str) -> str:
     with day_session(day) as (session, date), locked_day(date, 1900):
         if not run_is_open(session, date):
             return "skipped: the run ended"
-        harvest = harvest_day(session, production_transports(settings), date, settings.categories)
+        interest = details_interest(session, settings)
+        harvest = harvest_day(session, production_transports(settings), date, settings.categories, interest)
         if harvest.day is None:
             end_run(session, date, RunStatus.NO_ANNOUNCEMENT, "the feed shows no announcement")
             return "no announcement"
@@ -222,7 +225,12 @@ def poll_announcement() -> str:
     if not in_poll_window(now, settings.beat_poll_start, settings.beat_poll_end):
         return "outside the polling window"
     with session_scope(engine_for(settings.database_url)) as session:
-        started: StartedDay = start_day(session, settings, None, reopen_finished=False, enqueue=enqueue_day)
+        try:
+            started: StartedDay = start_day(session, settings, None, reopen_finished=False, enqueue=enqueue_day)
+        finally:
+            session.rollback()  # whatever the trigger left half-done is not ours to keep
+            # Every tick checks: a late feed, an incomplete harvest, a failed run, digests owed.
+            alert_now(session, settings)
     resumed = "".join(f"{day}: resumed; " for day in started.resumed)
     if started.day is None:
         return resumed + (started.reason or "no announcement")

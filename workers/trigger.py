@@ -12,9 +12,10 @@ from redis.lock import Lock
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.harvest.polling import poll_feed
 from newsletter.models import RunStatus, utcnow
-from newsletter.pipeline import NO_ANNOUNCEMENT_REASON, days_to_resume, latest_announcement_day, production_transports
-from newsletter.runs import end_run, open_run
+from newsletter.pipeline import NO_ANNOUNCEMENT_REASON, days_to_resume, production_feed
+from newsletter.runs import end_run, note_feed_seen, open_run
 
 TRIGGER_LOCK = "newsletter:lock:trigger"
 TRIGGER_LOCK_SECONDS = 120
@@ -54,14 +55,21 @@ def start_day(
     the unique run row decides even if the lock expired.
     """
     client = redis_client(settings)
+    seen_at: dt.datetime | None = None
     with client.lock(TRIGGER_LOCK, timeout=TRIGGER_LOCK_SECONDS, blocking_timeout=TRIGGER_LOCK_SECONDS):
         if day is None:
-            day = latest_announcement_day(production_transports(settings).feed)
+            # A conditional request: an unchanged feed answers 304 and the day it showed last time stands.
+            poll = poll_feed(session, production_feed(settings))
+            day, seen_at = poll.day, poll.polled_at
         owing = days_to_resume(session, day or utcnow().date())
         resumed = tuple(past for past in owing if _open_and_enqueue(session, past, enqueue))
         if day is None:
             return StartedDay(None, False, NO_ANNOUNCEMENT_REASON, resumed)
-        if not _open_and_enqueue(session, day, enqueue, reopen_finished):
+        started = _open_and_enqueue(session, day, enqueue, reopen_finished)
+        if seen_at is not None:
+            note_feed_seen(session, day, seen_at)
+            session.commit()
+        if not started:
             return StartedDay(day, False, "a run of this day is in progress or done", resumed)
     return StartedDay(day, True, resumed=resumed)
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
-_API_BATCH = 100
+API_BATCH = 100
 # The API serves at most this many results for one query.
 _SEARCH_LIMIT = 30_000
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -217,7 +217,7 @@ class ArxivApiSource:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         # The client's own delay and retries hold only inside one object: the pacer and tenacity replace them.
-        self.client = arxiv.Client(page_size=_API_BATCH, delay_seconds=0 if pacer else delay_seconds, num_retries=0)
+        self.client = arxiv.Client(page_size=API_BATCH, delay_seconds=0 if pacer else delay_seconds, num_retries=0)
         self.client.query_url_format = f"{api_url}?{{}}"
         self.client._session = ArxivApiSession(pacer, timeout)
         self.retries = retries
@@ -256,8 +256,8 @@ class ArxivApiSource:
 
     def fetch_details(self, arxiv_ids: Sequence[str]) -> list[PaperRecord]:
         records: list[PaperRecord] = []
-        for start in range(0, len(arxiv_ids), _API_BATCH):
-            batch = list(arxiv_ids[start:start + _API_BATCH])
+        for start in range(0, len(arxiv_ids), API_BATCH):
+            batch = list(arxiv_ids[start:start + API_BATCH])
             search = arxiv.Search(id_list=batch, max_results=len(batch))
             records.extend(self._collect(search, f"{len(batch)} IDs ({batch[0]}...)"))
         return records

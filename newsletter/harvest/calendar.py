@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 EASTERN = ZoneInfo("America/New_York")
@@ -54,6 +55,16 @@ def expected_feed_day(now: dt.datetime) -> dt.date:
     while evening.weekday() in (4, 5):  # no announcement on Friday or Saturday evenings
         evening -= dt.timedelta(days=1)
     return evening + dt.timedelta(days=1)
+
+
+def announcement_expected(feed_day: dt.date, holidays: Iterable[dt.date] = ()) -> bool:
+    """Whether arXiv announces the feed day (the evening before, Sun-Thu); `holidays` are feed days it skips."""
+    return feed_day.weekday() < 5 and feed_day not in set(holidays)
+
+
+def announcement_evening(feed_day: dt.date, at: dt.time, zone: ZoneInfo = EASTERN) -> dt.datetime:
+    """The moment `at` on the evening that announces `feed_day` (the day before it), in UTC."""
+    return dt.datetime.combine(feed_day - dt.timedelta(days=1), at, tzinfo=zone).astimezone(dt.UTC)
 
 
 def feed_days_between(after: dt.date, before: dt.date) -> list[dt.date]:

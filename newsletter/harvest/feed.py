@@ -138,6 +138,15 @@ class FeedSource(Protocol):
     def fetch_feed(self) -> bytes: ...
 
 
+@dataclass(frozen=True)
+class FeedReply:
+    """A conditional fetch of the feed: its body, or None when the server said 304 Not Modified."""
+
+    content: bytes | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
 class HttpFeedSource:
     """The live announcement feed over HTTP, asked again with backoff on network errors and 5xx."""
 
@@ -147,13 +156,13 @@ class HttpFeedSource:
         self.retries = retries
         self.backoff_seconds = backoff_seconds
 
-    def _get(self) -> requests.Response:
-        response = requests.get(self.url, timeout=self.timeout)
+    def _get(self, headers: dict[str, str]) -> requests.Response:
+        response = requests.get(self.url, timeout=self.timeout, headers=headers)
         if response.status_code in RETRY_STATUSES:
             raise ApiReplyError(f"announcement feed answered HTTP {response.status_code} at {self.url}", True)
         return response
 
-    def fetch_feed(self) -> bytes:
+    def _fetch(self, headers: dict[str, str]) -> requests.Response:
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.retries + 1),
@@ -162,14 +171,31 @@ class HttpFeedSource:
             reraise=True,
         )
         try:
-            response = retrying(self._get)
+            response = retrying(self._get, headers)
         except ApiReplyError:
             raise
         except requests.RequestException as exc:
             raise HarvestError(f"announcement feed unreachable at {self.url}: {network_reason(exc)}") from exc
-        if response.status_code != 200:
+        if response.status_code not in (200, 304) or (response.status_code == 304 and not headers):
             raise HarvestError(f"announcement feed answered HTTP {response.status_code} at {self.url}")
-        return response.content
+        return response
+
+    def fetch_feed(self) -> bytes:
+        return self._fetch({}).content
+
+    def fetch_if_changed(self, etag: str | None, last_modified: str | None) -> FeedReply:
+        """The feed unless it is unchanged since these validators (then one cheap 304 and no body)."""
+        headers = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        response = self._fetch(headers)
+        etag = response.headers.get("ETag") or etag
+        last_modified = response.headers.get("Last-Modified") or last_modified
+        if response.status_code == 304:
+            return FeedReply(None, etag, last_modified)
+        return FeedReply(response.content, response.headers.get("ETag"), response.headers.get("Last-Modified"))
 
 
 class FileFeedSource:

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from newsletter.harvest.api import DetailsSource, SubmissionSearch
+from newsletter.harvest.api import API_BATCH, DetailsSource, SubmissionSearch
 from newsletter.harvest.calendar import announcement_day_for, feed_days_between, submission_window
 from newsletter.harvest.feed import AnnouncementFeed, FeedItem, FeedSource, read_feed
 from newsletter.harvest.records import HarvestError, PaperRecord
-from newsletter.models import Announcement, AnnounceType, Paper, Run, table_of, utcnow
+from newsletter.models import (
+    Announcement,
+    AnnounceType,
+    FeedCategoryCount,
+    GapKind,
+    HarvestGap,
+    HarvestTally,
+    Paper,
+    Run,
+    table_of,
+    utcnow,
+)
 from newsletter.runs import mark_harvested
 
 log = logging.getLogger(__name__)
@@ -31,6 +43,13 @@ class DayHarvest:
     from_feed_only: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     source: str = "feed"
+    # Completeness: distinct IDs the feed listed by type, items per (category, type), what got stored.
+    announced_types: Counter[AnnounceType] = field(default_factory=Counter)
+    listed: Counter[tuple[str, AnnounceType]] = field(default_factory=Counter)
+    stored: int = 0
+    replace_not_held: int = 0
+    details_skipped: list[str] = field(default_factory=list)
+    empty_categories: list[str] = field(default_factory=list)
 
     def stats(self) -> dict:
         return {
@@ -73,15 +92,58 @@ def _gaining_references(session: Session, items: Sequence[FeedItem]) -> set[str]
     return gained
 
 
-def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: DetailsSource) -> DayHarvest:
-    """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing)."""
-    assert feed.day is not None
-    harvest = DayHarvest(day=feed.day, skipped=list(feed.skipped))
+def _tally_feed(harvest: DayHarvest, feed: AnnouncementFeed, categories: Sequence[str]) -> dict[str, FeedItem]:
+    """The feed's distinct items (first listing wins) and its counts by type and by category."""
     latest: dict[str, FeedItem] = {}
     for item in feed.items:
         if item.announce_type is not AnnounceType.REPLACE:
             harvest.announcements.setdefault(item.record.arxiv_id, item.announce_type)
-        latest.setdefault(item.record.arxiv_id, item)
+        if item.record.arxiv_id not in latest:
+            latest[item.record.arxiv_id] = item
+            for category in dict.fromkeys(item.record.categories):
+                harvest.listed[(category, item.announce_type)] += 1
+    harvest.announced_types.update(
+        harvest.announcements.get(arxiv_id, AnnounceType.REPLACE) for arxiv_id in latest
+    )
+    listed = {category for category, _ in harvest.listed}
+    harvest.empty_categories = [category for category in categories if category not in listed]
+    return latest
+
+
+# Which of these feed records someone wants: their IDs (the harvest then fetches details for those only).
+Interest = Callable[[Sequence[PaperRecord]], set[str]]
+
+
+def _batches(count: int) -> int:
+    return -(-count // API_BATCH)
+
+
+def _worth_fetching(
+    wanted: list[str], latest: dict[str, FeedItem], announced: dict[str, AnnounceType], interest: Interest
+) -> tuple[list[str], list[str]]:
+    """(to fetch, to keep from the feed): only the papers someone wants, and replacements, when that saves requests."""
+    keep = interest([latest[arxiv_id].record for arxiv_id in wanted if arxiv_id in announced])
+    chosen = [arxiv_id for arxiv_id in wanted if arxiv_id not in announced or arxiv_id in keep]
+    if _batches(len(chosen)) >= _batches(len(wanted)):
+        return wanted, []
+    return chosen, [arxiv_id for arxiv_id in wanted if arxiv_id not in set(chosen)]
+
+
+def collect_feed_day(
+    session: Session,
+    feed: AnnouncementFeed,
+    details_source: DetailsSource,
+    categories: Sequence[str] = (),
+    interest: Interest | None = None,
+) -> DayHarvest:
+    """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing).
+
+    `categories` are the configured ones: one the feed lists nothing in is named as a gap. With
+    `interest`, details are fetched only for the papers it names, when that takes fewer requests.
+    """
+    assert feed.day is not None
+    harvest = DayHarvest(day=feed.day, skipped=list(feed.skipped))
+    latest = _tally_feed(harvest, feed, categories)
     stored = _stored_versions(session, latest)
     replaced = [item for item in latest.values() if item.announce_type is AnnounceType.REPLACE]
     gained = _gaining_references(session, replaced)
@@ -90,16 +152,25 @@ def collect_feed_day(session: Session, feed: AnnouncementFeed, details_source: D
         version, source = stored.get(arxiv_id, (0, ""))
         if item.announce_type is AnnounceType.REPLACE and arxiv_id not in harvest.announcements:
             if not version:
+                harvest.replace_not_held += 1
                 continue  # a replacement of a paper we never stored: nobody here has seen it
             harvest.replaced += 1
         if version < item.record.version or source != "api" or arxiv_id in gained:
             wanted.append(arxiv_id)
+        else:
+            harvest.stored += 1  # held already, at this version, with the API's details
+    if interest is not None and wanted:
+        wanted, harvest.details_skipped = _worth_fetching(wanted, latest, harvest.announcements, interest)
+        harvest.records += [latest[arxiv_id].record for arxiv_id in harvest.details_skipped]
+        harvest.stored += len(harvest.details_skipped)
     details = {record.arxiv_id: record for record in details_source.fetch_details(wanted)} if wanted else {}
     for arxiv_id in wanted:
         record = details.get(arxiv_id)
         if record is None:
             harvest.from_feed_only.append(arxiv_id)
             record = latest[arxiv_id].record
+        else:
+            harvest.stored += 1
         harvest.records.append(record)
     if harvest.from_feed_only:
         log.warning("arXiv API did not return %s; storing the feed's own fields", harvest.from_feed_only)
@@ -137,8 +208,13 @@ def collect_missed_days(
         if harvest is None or record.arxiv_id in harvest.announcements:
             continue
         new = record.primary_category in ours
-        harvest.announcements[record.arxiv_id] = AnnounceType.NEW if new else AnnounceType.CROSS
+        kind = AnnounceType.NEW if new else AnnounceType.CROSS
+        harvest.announcements[record.arxiv_id] = kind
+        harvest.announced_types[kind] += 1
+        for category in dict.fromkeys(c for c in record.categories if c in ours):
+            harvest.listed[(category, kind)] += 1
         harvest.records.append(record)
+        harvest.stored += 1
     return [by_day[day] for day in days]
 
 
@@ -215,6 +291,47 @@ def store_day(session: Session, harvest: DayHarvest) -> None:
         session.execute(statement, rows)
     details = {key: value for key, value in harvest.stats().items() if key != "announced"}
     mark_harvested(session, harvest.day, len(harvest.announcements), details)
+    record_completeness(session, harvest)
+
+
+def _gap_subjects(harvest: DayHarvest) -> dict[GapKind, list[str]]:
+    return {
+        GapKind.NOT_RETURNED: harvest.from_feed_only,
+        GapKind.UNPARSED: harvest.skipped,
+        GapKind.EMPTY_CATEGORY: harvest.empty_categories,
+    }
+
+
+def record_completeness(session: Session, harvest: DayHarvest) -> None:
+    """Write the day's tally, per-category counts and named gaps, replacing any earlier ones (caller commits)."""
+    for model in (HarvestTally, FeedCategoryCount, HarvestGap):
+        session.execute(delete(model).where(col(model.day) == harvest.day))
+    types = harvest.announced_types
+    session.add(
+        HarvestTally(
+            day=harvest.day,
+            source=harvest.source,
+            announced_new=types[AnnounceType.NEW],
+            announced_cross=types[AnnounceType.CROSS],
+            announced_replace=types[AnnounceType.REPLACE],
+            stored=harvest.stored,
+            replace_not_held=harvest.replace_not_held,
+            details_skipped=len(harvest.details_skipped),
+        )
+    )
+    # A category is outside text: cut to its column, and counted again after the cut so no key repeats.
+    per_category: Counter[tuple[str, str]] = Counter()
+    for (category, kind), count in harvest.listed.items():
+        per_category[(category[:32], str(kind))] += count
+    session.add_all(
+        FeedCategoryCount(day=harvest.day, category=category, announce_type=kind, count=count)
+        for (category, kind), count in per_category.items()
+    )
+    gaps = {
+        (kind, subject[:200]) for kind, subjects in _gap_subjects(harvest).items() for subject in subjects
+    }
+    session.add_all(HarvestGap(day=harvest.day, kind=kind, subject=subject) for kind, subject in sorted(gaps))
+    session.flush()
 
 
 def is_harvested(session: Session, day: dt.date) -> bool:
@@ -271,7 +388,7 @@ def harvest_range(
         exclude = [i.record.arxiv_id for i in feed.items] if current in days else []
         collected += collect_missed_days(session, details_source, categories, past, exclude)
     if current in days and not is_harvested(session, current):
-        collected.append(collect_feed_day(session, feed, details_source))
+        collected.append(collect_feed_day(session, feed, details_source, categories))
     for day_harvest in collected:
         store_day(session, day_harvest)
     session.commit()

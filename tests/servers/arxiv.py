@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -567,12 +568,27 @@ def build_empty_feed(day: date, categories: Sequence[str] = DEFAULT_FEED_CATEGOR
 
 
 class ArxivRequest(NamedTuple):
-    """One request as logged by ArxivServer; timestamp is time.monotonic()."""
+    """One request as logged by ArxivServer; timestamp is time.monotonic(); headers lower-cased."""
 
     method: str
     path: str
     query: dict[str, str]
     timestamp: float
+    headers: dict[str, str] = {}
+
+
+def _not_modified(headers: dict[str, str], etag: str, served: datetime) -> bool:
+    """RFC 9110: If-None-Match decides when sent; otherwise If-Modified-Since at or after the last change."""
+    if "if-none-match" in headers:
+        tags = [tag.strip().removeprefix("W/") for tag in headers["if-none-match"].split(",")]
+        return etag in tags or "*" in tags
+    since = headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        return parsedate_to_datetime(since) >= served
+    except (TypeError, ValueError):
+        return False
 
 
 def _feed_key(key: str) -> str:
@@ -593,6 +609,9 @@ class ArxivServer(FakeHTTPServer[ArxivRequest]):
         self.papers: dict[str, Paper] = {}
         self.feeds: dict[str, bytes | str] = {}
         self.default_feed: bytes | str | None = None
+        # Feed answers in order (200 with a body, 304 Not Modified), and when each feed body was first served.
+        self.feed_statuses: list[int] = []
+        self._feed_first_served: dict[str, datetime] = {}
         self.add_papers(*papers)
 
     # configuration -------------------------------------------------------------
@@ -666,18 +685,32 @@ class ArxivServer(FakeHTTPServer[ArxivRequest]):
     def _record(self, request: IncomingRequest) -> ArxivRequest:
         """Log method, path, flattened query and monotonic time."""
         query = {k: v[0] for k, v in request.query.items()}
-        return ArxivRequest(request.method, request.path, query, request.timestamp)
+        return ArxivRequest(request.method, request.path, query, request.timestamp, dict(request.headers))
 
     def handle(self, request: IncomingRequest) -> Response:
         """Route to the API or the RSS feeds."""
         if request.path.rstrip("/") in ("/api/query", "/api"):
             return self._api(request)
         if request.path.startswith("/rss/"):
-            return self._feed(request.path)
+            response = self._feed(request)
+            with self._lock:
+                self.feed_statuses.append(response.status)
+            return response
         return Response(404, b"Not Found\n")
 
-    def _feed(self, path: str) -> Response:
-        """Answer /rss/<cats> with the configured feed or an empty feed."""
+    def _feed(self, request: IncomingRequest) -> Response:
+        """Answer /rss/<cats> with the configured feed or an empty feed; 304 to validators that still match."""
+        data = self._feed_body(request.path)
+        etag = '"' + hashlib.sha1(data).hexdigest()[:20] + '"'
+        with self._lock:
+            served = self._feed_first_served.setdefault(etag, _now())
+        validators = {"ETag": etag, "Last-Modified": format_datetime(served, usegmt=True)}
+        if _not_modified(request.headers, etag, served):
+            return Response(304, b"", RSS_CONTENT_TYPE, validators)
+        return Response(200, data, RSS_CONTENT_TYPE, validators)
+
+    def _feed_body(self, path: str) -> bytes:
+        """The configured feed for the path's categories, or an empty feed."""
         key = _feed_key(path)
         body = self.feeds.get(key)
         if body is None:
@@ -691,8 +724,7 @@ class ArxivServer(FakeHTTPServer[ArxivRequest]):
         if body is None:
             today = datetime.now(UTC).astimezone(timezone(timedelta(hours=-5))).date()
             body = build_empty_feed(today, [c for c in key.split("+") if c])
-        data = body.encode("utf-8") if isinstance(body, str) else body
-        return Response(200, data, RSS_CONTENT_TYPE)
+        return body.encode("utf-8") if isinstance(body, str) else body
 
     def _select(self, query: dict[str, str]) -> list[tuple[Paper, int | None]]:
         """Resolve id_list / search_query / sorting into the ordered result list."""

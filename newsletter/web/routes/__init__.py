@@ -1,6 +1,7 @@
 """One APIRouter per resource; `create_app` includes them all."""
 
 from newsletter.web.routes import (
+    admin,
     api,
     archive,
     confirm,
@@ -14,4 +15,4 @@ from newsletter.web.routes import (
 )
 
 ROUTERS = [health.router, favicon.router, subscribe.router, api.router, confirm.router, manage.router,
-           unsubscribe.router, archive.router, feedback.router, feed.router]
+           unsubscribe.router, archive.router, feedback.router, feed.router, admin.router]
