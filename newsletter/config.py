@@ -72,13 +72,20 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     # Messages per second from one process, evenly spaced (a server's limit is on the rate, not on bursts).
     smtp_max_per_second: float = Field(20.0, gt=0)
+    # Sessions one process keeps busy at once (one sender thread each) while it composes the next digests.
     smtp_pool_size: int = Field(2, ge=1, le=32)
+    # MAIL, RCPT and DATA in one round trip where the server offers PIPELINING (RFC 2920).
+    smtp_pipelining: bool = True
     smtp_max_attempts: int = Field(4, ge=1, le=10)
     smtp_retry_base_seconds: float = Field(1.0, ge=0)
     # A CA bundle to trust for STARTTLS / SSL (a private mail relay); the system store otherwise.
     smtp_ca_file: Path | None = None
     # A claimed delivery with no outcome after this long belongs to a sender that died: it is sent again.
     delivery_claim_lease_seconds: float = Field(600.0, ge=0)
+    # Claims are taken, and outcomes recorded, this many at a time (outcomes also after so many seconds): a
+    # crash may resend at most batch size + pool size digests the server accepted (README "Delivery").
+    delivery_batch_size: int = Field(50, ge=1, le=1000)
+    delivery_record_seconds: float = Field(2.0, gt=0, le=300)
     dkim_key_file: Path | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None

@@ -86,31 +86,67 @@ def wait_for_drop(sink: SmtpSink, process: subprocess.Popen[str], timeout: float
         time.sleep(0.02)
 
 
+def start_sender(
+    engine: Engine, sink: SmtpSink, tmp_path: Path, **environment: str
+) -> subprocess.Popen[str]:
+    """tests.delivery_helpers delivering the day in its own process, backing off 30 s after a failed send."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.delivery_helpers", engine.url.render_as_string(hide_password=False),
+         str(sink.port), DAY.isoformat(), "30", str(tmp_path / "outbox")],
+        cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **environment}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.kill()
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+
+
+def wait_for_sent_rows(engine: Engine, count: int, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Until `count` deliveries are recorded as sent (outcomes are written every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with Session(engine) as session:
+            if statuses(session)[DeliveryStatus.SENT] >= count:
+                return
+        if process.poll() is not None:
+            raise AssertionError(f"the sender ended early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} deliveries recorded as sent")
+        time.sleep(0.05)
+
+
+def message_ids_per_address(sink: SmtpSink) -> dict[str, set[str]]:
+    ids: dict[str, set[str]] = {}
+    for received in sink.messages:
+        for recipient in received.rcpt_tos:
+            ids.setdefault(recipient, set()).add(str(received.message["Message-ID"]))
+    return ids
+
+
 def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest(
     engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    database_url = engine.url.render_as_string(hide_password=False)
     with Session(engine, expire_on_commit=False) as session:
         addresses = seed_day(session, 12)
-    # After 5 messages the sink cuts the line at RCPT; the sender has claimed the 6th and backs off 30 s.
+    # After 5 messages the sink cuts the line at RCPT; the sender backs off 30 s with the rest claimed.
     smtp_sink.drop_after(5, stage="RCPT")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.delivery_helpers", database_url, str(smtp_sink.port), DAY.isoformat(),
-         "30", str(tmp_path / "outbox")],
-        cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    process = start_sender(engine, smtp_sink, tmp_path, NEWSLETTER_SMTP_POOL_SIZE="1",
+                           NEWSLETTER_DELIVERY_RECORD_SECONDS="0.5")  # fmt: skip
     try:
         wait_for_drop(smtp_sink, process)
-        process.send_signal(signal.SIGKILL)
+        # Waiting on its retry, the sender still records what was accepted, within the record interval.
+        wait_for_sent_rows(engine, 5, process)
     finally:
-        process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
+        kill(process)
 
     with Session(engine, expire_on_commit=False) as session:
         assert len(smtp_sink.messages) == 5
-        assert statuses(session) == Counter({DeliveryStatus.SENT: 5, DeliveryStatus.CLAIMED: 1})
+        # The batch claimed all 12 at once: the 7 not sent wait for the killed sender's lease.
+        assert statuses(session) == Counter({DeliveryStatus.SENT: 5, DeliveryStatus.CLAIMED: 7})
 
         # The operator reruns the day once the killed sender's lease is over (0 s here).
         settings = smtp_settings_for(engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0)
@@ -119,6 +155,36 @@ def test_a_sender_killed_mid_list_is_resumed_and_each_subscriber_gets_one_digest
         assert (rerun.sent, rerun.skipped, rerun.failed) == (7, 5, 0)
         assert arrivals(smtp_sink) == Counter(addresses)
         assert statuses(session) == Counter({DeliveryStatus.SENT: 12})
+
+
+def test_a_sender_killed_before_recording_resends_at_most_the_stated_window_with_the_same_message_ids(
+    engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        addresses = seed_day(session, 30)
+    # Outcomes recorded every 10 messages (and not by time): killed after 25 accepted, 5 are unrecorded.
+    smtp_sink.drop_after(25, stage="RCPT")
+    process = start_sender(engine, smtp_sink, tmp_path, NEWSLETTER_DELIVERY_BATCH_SIZE="10",
+                           NEWSLETTER_SMTP_POOL_SIZE="2", NEWSLETTER_DELIVERY_RECORD_SECONDS="300")  # fmt: skip
+    try:
+        wait_for_drop(smtp_sink, process)
+    finally:
+        kill(process)
+    with Session(engine, expire_on_commit=False) as session:
+        recorded = statuses(session)[DeliveryStatus.SENT]
+        settings = smtp_settings_for(engine, tmp_path, smtp_sink, delivery_claim_lease_seconds=0)
+        rerun = deliver(session, settings)
+        assert statuses(session) == Counter({DeliveryStatus.SENT: 30})
+
+    copies = arrivals(smtp_sink)
+    assert set(copies) == set(addresses)
+    resent = [address for address, count in copies.items() if count > 1]
+    assert all(count <= 2 for count in copies.values())
+    # The window the README states: at most batch size + pool size accepted digests without a record.
+    assert 25 - recorded == len(resent) <= 10 + 2
+    assert rerun.sent == 30 - recorded
+    # A resent digest is the same message to the receiving server, which may drop the repeat.
+    assert all(len(ids) == 1 for ids in message_ids_per_address(smtp_sink).values())
 
 
 def test_after_a_crash_the_owed_digest_is_named_with_the_end_of_its_claim_lease(
