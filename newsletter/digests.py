@@ -28,7 +28,7 @@ from newsletter.ranking import section_order
 from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view
 from newsletter.subscribers import SubscriptionError, find_subscriber, normalize_email
 from newsletter.tokens import LinkSigner, SubscriberLinks, signing_key, subscriber_links
-from newsletter.updates import pending_updates
+from newsletter.updates import pending_updates_of
 
 
 def compose_digest(
@@ -42,11 +42,32 @@ def compose_digest(
     """The subscriber's digest for `day`: their signed links, the papers selected with translations, and
     (unless `with_updates` is off, as for the archive of a digest sent before) the updates not yet shown."""
     assert subscriber.id is not None
-    links = subscriber_links(signer, settings.base_url, subscriber.public_id, day.isoformat(), subscriber.generation)
-    digest = load_digest(session, subscriber, day, links)
-    if subscriber.updates and with_updates:
-        digest.updates = pending_updates(session, subscriber.id, exclude=digest.arxiv_ids)
-    return digest
+    return compose_digests(session, settings, signer, [subscriber], day, with_updates)[subscriber.id]
+
+
+def compose_digests(
+    session: Session,
+    settings: Settings,
+    signer: LinkSigner,
+    subscribers: list[Subscriber],
+    day: dt.date,
+    with_updates: bool = True,
+) -> dict[int, Digest]:
+    """compose_digest for several subscribers at once, in three queries whatever their number (a delivery batch)."""
+    links = {
+        subscriber.id: subscriber_links(
+            signer, settings.base_url, subscriber.public_id, day.isoformat(), subscriber.generation
+        )
+        for subscriber in subscribers
+        if subscriber.id is not None
+    }
+    digests = load_digests(session, subscribers, day, links)
+    if with_updates:
+        wanted = {subscriber.id: digests[subscriber.id].arxiv_ids for subscriber in subscribers
+                  if subscriber.updates and subscriber.id is not None}  # fmt: skip
+        for subscriber_id, updates in pending_updates_of(session, wanted).items():
+            digests[subscriber_id].updates = updates
+    return digests
 
 
 def render_mail(session: Session, renderer: DigestRenderer, subscriber: Subscriber, digest: Digest) -> RenderedDigest:
@@ -84,18 +105,29 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
     subscriber, everything matched since the last digest for a weekly one (or one who switched), each once.
     """
     assert subscriber.id is not None
-    keywords = session.scalars(
-        select(col(SubscriberKeyword.expression))
-        .where(col(SubscriberKeyword.subscriber_id) == subscriber.id)
-        .order_by(col(SubscriberKeyword.position))
-    ).all()
-    sections = [KeywordSection(keyword=k) for k in keywords]
+    return load_digests(session, [subscriber], day, {subscriber.id: links})[subscriber.id]
+
+
+def load_digests(
+    session: Session, subscribers: list[Subscriber], day: dt.date, links: dict[int, SubscriberLinks]
+) -> dict[int, Digest]:
+    """load_digest for each of `subscribers` (by id), in two queries."""
+    by_id = {subscriber.id: subscriber for subscriber in subscribers if subscriber.id is not None}
+    sections: dict[int, list[KeywordSection]] = {subscriber_id: [] for subscriber_id in by_id}
+    for subscriber_id, expression in session.execute(
+        select(col(SubscriberKeyword.subscriber_id), col(SubscriberKeyword.expression))
+        .where(col(SubscriberKeyword.subscriber_id).in_(list(by_id)))
+        .order_by(col(SubscriberKeyword.subscriber_id), col(SubscriberKeyword.position))
+    ):
+        sections[subscriber_id].append(KeywordSection(keyword=expression))
     rows = session.execute(
         select(Selection, Paper, Translation)
         .join(Paper, col(Paper.arxiv_id) == col(Selection.arxiv_id))
+        .join(Subscriber, col(Subscriber.id) == col(Selection.subscriber_id))
         .outerjoin(
             Translation,
-            (col(Translation.arxiv_id) == col(Selection.arxiv_id)) & (col(Translation.language) == subscriber.language),
+            (col(Translation.arxiv_id) == col(Selection.arxiv_id))
+            & (col(Translation.language) == col(Subscriber.language)),
         )
         .outerjoin(
             SentPaper,
@@ -103,31 +135,36 @@ def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: S
             & (col(SentPaper.arxiv_id) == col(Selection.arxiv_id)),
         )
         .where(
-            col(Selection.subscriber_id) == subscriber.id,
+            col(Selection.subscriber_id).in_(list(by_id)),
             and_(col(Selection.day) <= day, col(Selection.day) >= carried_since(day)),
             # Not yet mailed, or mailed with this very digest (the archive shows it as it was sent).
             or_(col(SentPaper.arxiv_id).is_(None), col(SentPaper.day) == day),
         )
-        .order_by(col(Selection.keyword_position), *section_order())
+        .order_by(col(Selection.subscriber_id), col(Selection.keyword_position), *section_order())
     )
-    translation_wanted = not subscriber.language.upper().startswith("EN")
-    shown: set[str] = set()
+    shown: dict[int, set[str]] = {subscriber_id: set() for subscriber_id in by_id}
     for selection, paper, translation in rows:
-        if selection.keyword_position >= len(sections) or paper.arxiv_id in shown:
+        keyword_sections, listed = sections[selection.subscriber_id], shown[selection.subscriber_id]
+        if selection.keyword_position >= len(keyword_sections) or paper.arxiv_id in listed:
             continue  # the subscriber removed that keyword since the match, or the paper is listed already
-        shown.add(paper.arxiv_id)
+        listed.add(paper.arxiv_id)
+        translation_wanted = not by_id[selection.subscriber_id].language.upper().startswith("EN")
         view = paper_view(paper, translation, selection.terms, translation_wanted)
-        sections[selection.keyword_position].papers.append(view)
-    return Digest(
-        day=day,
-        email=subscriber.email,
-        language=subscriber.language,
-        timezone=subscriber.timezone,
-        sections=sections,
-        links=links,
-        translation_missing=any(p.translation_missing for s in sections for p in s.papers),
-        generated_at=dt.datetime.now(dt.UTC),
-    )
+        keyword_sections[selection.keyword_position].papers.append(view)
+    generated_at = dt.datetime.now(dt.UTC)
+    return {
+        subscriber_id: Digest(
+            day=day,
+            email=subscriber.email,
+            language=subscriber.language,
+            timezone=subscriber.timezone,
+            sections=sections[subscriber_id],
+            links=links[subscriber_id],
+            translation_missing=any(p.translation_missing for s in sections[subscriber_id] for p in s.papers),
+            generated_at=generated_at,
+        )
+        for subscriber_id, subscriber in by_id.items()
+    }
 
 
 def latest_selection_day(session: Session, subscriber_id: int) -> dt.date | None:

@@ -7,7 +7,7 @@ recorded as shown when that digest is sent, so each change is reported once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -57,6 +57,14 @@ def pending_updates(
     session: Session, subscriber_id: int, exclude: Iterable[str] = (), limit: int = MAX_UPDATES_SHOWN
 ) -> list[PaperUpdate]:
     """What changed in papers the subscriber was sent (oldest first), minus `exclude` (this digest's cards)."""
+    return pending_updates_of(session, {subscriber_id: exclude}, limit).get(subscriber_id, [])
+
+
+def pending_updates_of(
+    session: Session, exclude: Mapping[int, Iterable[str]], limit: int = MAX_UPDATES_SHOWN
+) -> dict[int, list[PaperUpdate]]:
+    """pending_updates for each subscriber id in `exclude` (with the papers to leave out), in one query;
+    a subscriber without updates is left out."""
     # A row without a version predates this record (written by hand or an old release): nothing to compare.
     changed = and_(
         col(SentPaper.version).is_not(None),
@@ -67,27 +75,31 @@ def pending_updates(
             and_(col(Paper.doi).is_not(None), or_(col(SentPaper.doi).is_(None), col(Paper.doi) != col(SentPaper.doi))),
         ),
     )
-    skip = set(exclude)
+    if not exclude:
+        return {}
+    skip = {subscriber_id: set(arxiv_ids) for subscriber_id, arxiv_ids in exclude.items()}
     rows = session.execute(
         select(SentPaper, Paper)
         .join(Paper, col(Paper.arxiv_id) == col(SentPaper.arxiv_id))
-        .where(col(SentPaper.subscriber_id) == subscriber_id, changed)
-        .order_by(col(SentPaper.day), col(SentPaper.arxiv_id))
-        .limit(limit + len(skip))
+        .where(col(SentPaper.subscriber_id).in_(list(skip)), changed)
+        .order_by(col(SentPaper.subscriber_id), col(SentPaper.day), col(SentPaper.arxiv_id))
     ).all()
-    updates = [
-        PaperUpdate(
-            arxiv_id=paper.arxiv_id,
-            raw_title=paper.title,
-            version_sent=sent.version or paper.version,
-            version=paper.version,
-            journal_ref=paper.journal_ref if _changed(sent.journal_ref, paper.journal_ref) else None,
-            doi=paper.doi if _changed(sent.doi, paper.doi) else None,
+    updates: dict[int, list[PaperUpdate]] = {}
+    for sent, paper in rows:
+        shown = updates.setdefault(sent.subscriber_id, [])
+        if paper.arxiv_id in skip[sent.subscriber_id] or len(shown) >= limit:
+            continue
+        shown.append(
+            PaperUpdate(
+                arxiv_id=paper.arxiv_id,
+                raw_title=paper.title,
+                version_sent=sent.version or paper.version,
+                version=paper.version,
+                journal_ref=paper.journal_ref if _changed(sent.journal_ref, paper.journal_ref) else None,
+                doi=paper.doi if _changed(sent.doi, paper.doi) else None,
+            )
         )
-        for sent, paper in rows
-        if paper.arxiv_id not in skip
-    ]
-    return updates[:limit]
+    return {subscriber_id: shown for subscriber_id, shown in updates.items() if shown}
 
 
 def record_updates_shown(session: Session, subscriber_id: int, updates: Sequence[PaperUpdate]) -> None:

@@ -241,6 +241,23 @@ def test_an_old_confirmation_link_does_not_undo_an_unsubscribe(lite_settings: Se
     assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
 
 
+def test_a_link_mailed_with_a_compressed_token_still_unsubscribes(
+    lite_settings: Settings, sqlite_engine: Engine
+) -> None:
+    # Tokens were once made by itsdangerous' stock serializer, which compresses a payload zlib shortens.
+    with Session(sqlite_engine) as db:
+        subscriber = add_subscriber(db, "ada@example.org", ["robotics"])
+    stock = URLSafeTimedSerializer(SECRET, salt="arxiv-digest-links")
+    compressed = stock.dumps({"p": Purpose.UNSUBSCRIBE.value, "s": subscriber.public_id, "x": "a" * 200})
+    assert compressed.startswith(".")  # the compressed form
+    assert not token(Purpose.UNSUBSCRIBE, subscriber, "a" * 200).startswith(".")  # ours no longer compresses
+
+    answer = Visitor(lite_settings).submit("/", f"/unsubscribe/{compressed}", {})
+
+    assert answer.status_code == 200
+    assert stored(lite_settings, "ada@example.org").status == SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("mangle", ["tamper", "truncate", "other_purpose", "garbage"])
 def test_a_bad_link_gets_a_clear_400_page_and_changes_nothing(
     lite_settings: Settings, sqlite_engine: Engine, mangle: str
