@@ -30,6 +30,8 @@ from newsletter.mail.message import (
     Sender,
     build_message,
     header_text,
+    message_bytes,
+    part_boundary,
 )
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
@@ -221,6 +223,58 @@ def test_a_literal_header_is_ascii_that_reads_back_the_same_or_a_clear_refusal(n
     assert_smtp_line_format(raw)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(parsed[name]) == header_text(value)
+
+
+# What real digests hold that a plain sample does not: CRLF and lone CRs, Unicode line separators,
+# a line over 998 octets (base64), a line that is only a dot, "From " at a line start, a MIME boundary look-alike.
+BODY_TEXT = st.text(st.characters(blacklist_categories=("Cs",))) | st.lists(
+    st.sampled_from(["\r\n", "\r", "\n", "\u2028", ".", "From here", "--=_digest_", "x" * 1200, "量子", "--"]),
+    max_size=30,
+).map("".join)
+
+
+@given(text=BODY_TEXT, html=BODY_TEXT)
+def test_the_wire_bytes_are_the_email_packages_own_and_read_back_to_the_same_parts(text: str, html: str) -> None:
+    rendered = RenderedDigest(subject="digest 量子", text=text, html=html, preheader="")
+    links = SubscriberLinks(manage="http://x/m", unsubscribe="http://x/u", archive="http://x/a")
+    message = build_message(rendered, "ada@example.org", Sender("digest@example.org", "Digest", "list.example"), links)
+
+    raw = message_bytes(message, None)
+
+    # Our generator writes a body in one piece; the stock one line by line: the bytes must not differ.
+    assert raw == message.as_bytes(policy=WIRE_POLICY)
+    assert_smtp_line_format(raw)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    # Read off the wire, a part's lines end in CRLF, as SMTP wants; in the built message, in \n.
+    parts = [part.get_content().replace("\r\n", "\n") for part in parsed.iter_parts()]
+    assert parts == [part.get_content() for part in message.iter_parts()]
+
+
+def test_a_part_holding_the_boundary_gets_another_and_the_message_still_splits_in_two() -> None:
+    plain = RenderedDigest(subject="d", text="a\n", html="<p>a</p>", preheader="")
+    boundary = part_boundary(plain)
+    hostile = RenderedDigest(subject="d", text=f"--{boundary}\n--{boundary}--\n", html="<p>a</p>", preheader="")
+    links = SubscriberLinks(manage="http://x/m", unsubscribe="http://x/u", archive="http://x/a")
+    message = build_message(hostile, "ada@example.org", Sender("digest@example.org", "Digest", "l.example"), links)
+
+    assert part_boundary(hostile) != boundary
+    parsed = email.message_from_bytes(message_bytes(message, None), policy=email.policy.default)
+    parts = [part.get_content().replace("\r\n", "\n") for part in parsed.iter_parts()]
+    assert parts == [hostile.text, "<p>a</p>\n"]
+
+
+def test_every_digest_of_a_day_has_the_same_from_and_list_id_and_its_own_to_and_message_id(
+    smtp_sink: SmtpSink, session: Session, engine: Engine, tmp_path: Path
+) -> None:
+    seed_day(session, 3)
+    deliver(session, smtp_settings_for(engine, tmp_path, smtp_sink))
+
+    raws = [received.raw for received in smtp_sink.messages]
+    blocks = [header_block(raw) for raw in raws]
+    assert len({raw_field(block, b"From") for block in blocks}) == 1
+    assert len({raw_field(block, b"List-Id") for block in blocks}) == 1
+    assert len({raw_field(block, b"To") for block in blocks}) == 3
+    assert len({raw_field(block, b"Message-ID") for block in blocks}) == 3
 
 
 BAD_ADDRESSES = ["пример@example.org", 'rea"der@example.org', "victim@example.org\r\nBcc: spy@evil.test"]
