@@ -189,7 +189,10 @@ class SmtpBackend:
         broken = True
         try:
             options = _mail_options(connection, raw, [self.settings.from_address, *recipients])
-            refused = connection.sendmail(self.settings.from_address, recipients, raw, mail_options=options)
+            if self.settings.smtp_pipelining and connection.has_extn("pipelining"):
+                refused = send_pipelined(connection, self.settings.from_address, recipients, raw, options)
+            else:
+                refused = connection.sendmail(self.settings.from_address, recipients, raw, mail_options=options)
             broken = False
         except PermanentDeliveryError:
             broken = False
@@ -214,6 +217,54 @@ class SmtpBackend:
 
     def close(self) -> None:
         self.pool.close()
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def send_pipelined(
+    connection: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes, options: list[str]
+) -> dict[str, tuple[int, bytes]]:
+    """smtplib's sendmail with MAIL, RCPT and DATA written at once and their replies read after (RFC 2920
+    PIPELINING): one round trip to the server instead of three. Raises as sendmail does."""
+    if connection.has_extn("size"):
+        options = [*options, f"SIZE={len(raw)}"]
+    encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    lines = [" ".join([f"MAIL FROM:{smtplib.quoteaddr(sender)}", *options])]
+    lines += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients]
+    connection.send(("\r\n".join([*lines, "DATA"]) + "\r\n").encode(encoding))
+    mail = connection.getreply()
+    replies = {recipient: connection.getreply() for recipient in recipients}
+    data = connection.getreply()
+    refused = {recipient: reply for recipient, reply in replies.items() if reply[0] not in (250, 251)}
+    if data[0] == 354 and (mail[0] != 250 or len(refused) == len(recipients)):
+        # A server that opened DATA with no one to deliver to: an empty message ends it, and is not kept.
+        connection.send(b".\r\n")
+        connection.getreply()
+    if mail[0] != 250:
+        _reset(connection)
+        raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+    if len(refused) == len(recipients):
+        _reset(connection)
+        raise smtplib.SMTPRecipientsRefused(refused)
+    if data[0] != 354:
+        _reset(connection)
+        raise smtplib.SMTPDataError(*data)
+    body = _LEADING_DOT.sub(b"..", raw)
+    connection.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+    code, reply = connection.getreply()
+    if code != 250:
+        _reset(connection)
+        raise smtplib.SMTPDataError(code, reply)
+    return refused
+
+
+def _reset(connection: smtplib.SMTP) -> None:
+    # As smtplib does after a refusal: a server that hung up has said all it will; its refusal is the news.
+    try:
+        connection.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
 
 
 def _mail_options(connection: smtplib.SMTP, raw: bytes, addresses: list[str]) -> list[str]:

@@ -200,6 +200,15 @@ class _Handler:
         """Bind to the owning sink."""
         self.sink = sink
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Offer PIPELINING as most real servers do (aiosmtpd reads pipelined commands in order anyway)."""
+        session.host_name = hostname
+        if not self.sink.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -253,6 +262,7 @@ class SmtpSink:
         tls: TlsMode = "none",
         require_starttls: bool = False,
         hostname: str = "smtp-sink.test",
+        pipelining: bool = True,
     ) -> None:
         """Configure (not start) the sink; auth enables AUTH PLAIN/LOGIN without TLS."""
         self.auth = auth
@@ -260,6 +270,7 @@ class SmtpSink:
         self.tls = tls
         self.require_starttls = require_starttls
         self.server_hostname = hostname
+        self.pipelining = pipelining
         self.host = "127.0.0.1"
         self.messages: list[ReceivedMessage] = []
         self.events: list[SmtpEvent] = []
