@@ -1,85 +1,104 @@
-"""Benchmark: digests per second over SMTP, pooled connections vs. a new connection per message.
+"""Benchmark: delivering a day's digests, batched claims and records against today's per-message commits.
 
-    python bench/delivery.py [--messages 5000] [--papers 10] [--threads 2] [--tls]
+    python bench/delivery.py [--subscribers 2000] [--papers 10] [--rounds 2] [--base REV] [--pool 2]
 
-A local aiosmtpd server (its own process, so it does not share the GIL with the sender) counts
-what it accepts. Both ways send the same digest (rendered once from --papers synthetic papers
-with the production template) to --messages distinct addresses through the production code:
-`build_message` + `SmtpBackend.send` per recipient, from --threads sender threads (default 2,
-the default pool size). The pooled way shares one SmtpBackend, whose pool reuses its sessions;
-the naive way opens a backend, sends and QUITs for every message. The throttle is set out of
-the way (NEWSLETTER_SMTP_MAX_PER_SECOND=1e6) so the figures show what the transport can do.
+Both ways run the production `deliver_day` on the same PostgreSQL day (--subscribers bilingual
+subscribers, each with --papers selected papers and their Chinese translations) to the same local
+aiosmtpd server (its own process; it offers PIPELINING, as most servers do, and counts what it
+accepts): this checkout, and --base (default: main before the batched delivery), unpacked with
+`git archive` and run with the same interpreter. Each delivery runs in a fresh process, so its CPU
+time (user + system, every thread) is the sender's alone; the ways alternate for --rounds rounds,
+with the day's delivery rows cleared in between. The throttle is set out of the way
+(NEWSLETTER_SMTP_MAX_PER_SECOND=1e6) so the figures show what the sender can do.
+
+Printed per way: messages per second (wall), sender CPU per message, and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
-import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
-from newsletter.config import Settings  # noqa: E402
-from newsletter.mail.message import Sender, build_message  # noqa: E402
-from newsletter.mail.smtp import SmtpBackend  # noqa: E402
-from newsletter.models import Paper, new_public_id  # noqa: E402
-from newsletter.render import Digest, DigestRenderer, KeywordSection, RenderedDigest, paper_view  # noqa: E402
-from newsletter.tokens import LinkSigner, subscriber_links  # noqa: E402
+from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
-TARGET_PER_SECOND = 100
-BENCH_PASSWORD = "bench-password"
+from newsletter.db import make_engine  # noqa: E402
+from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation  # noqa: E402
+from newsletter.schema import upgrade_schema  # noqa: E402
+
+DAY = dt.date(2026, 11, 24)
+# main as it was before claims and records were batched (issue 20).
+BASE = "7162a96"
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("NEWSLETTER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ABSTRACT = (
     "We study policy optimisation for robot manipulation with diffusion models. Our method couples a "
     "transformer backbone with a learned value function and improves sample efficiency by $2.5\\times$ "
     "on six benchmarks, while keeping inference under 10 ms on a single GPU. "
 ) * 3
+ABSTRACT_ZH = "我们研究基于扩散模型的机器人操作策略优化，在六个基准上将样本效率提高了2.5倍。" * 4
+
+# One delivery of the day, in its own process, by the code on PYTHONPATH; prints its figures as JSON.
+DRIVER = """
+import json, resource, sys, time, datetime as dt
+from sqlmodel import Session
+from newsletter.config import Settings
+from newsletter.db import make_engine
+from newsletter.delivery import deliver_day
+from newsletter.mail import make_backend
+from newsletter.render import DigestRenderer
+from newsletter.tokens import LinkSigner
+settings = Settings(_env_file=None)
+engine = make_engine(settings.database_url)
+backend = make_backend(settings)
+with Session(engine, expire_on_commit=False) as session:
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    result = deliver_day(session, dt.date.fromisoformat(sys.argv[1]), settings, backend,
+                         LinkSigner("bench-secret-key-0123456789"), DigestRenderer())
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+backend.close()
+cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+print(json.dumps({"sent": result.sent, "failed": result.failed, "wall": wall, "cpu": cpu}))
+"""
 
 
-# ---------------------------------------------------------------------------------------
-# The server: aiosmtpd in a child process, counting accepted messages
-# ---------------------------------------------------------------------------------------
-
-
-def serve(port: int, secure: bool) -> None:
+def serve(port: int) -> None:
     """Accept and count messages until SIGTERM, then print the count."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult, LoginPassword
-
-    from tests.servers.smtp import SelfSignedCert
 
     class Counter:
         messages = 0
+
+        async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+            session.host_name = hostname
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
         async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
             Counter.messages += 1
             return "250 OK"
 
-    def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:  # type: ignore[no-untyped-def]
-        ok = isinstance(auth_data, LoginPassword) and auth_data.password == BENCH_PASSWORD.encode()
-        return AuthResult(success=ok, handled=False)
-
-    cert = SelfSignedCert.generate()
-    kwargs = (
-        {"tls_context": cert.server_context(), "require_starttls": True, "authenticator": authenticate,
-         "auth_required": True}
-        if secure else {}
-    )  # fmt: skip
-    controller = Controller(Counter(), hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(Counter(), hostname="127.0.0.1", port=port)
     controller.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(cert.cert_path, flush=True)
+    print("ready", flush=True)
     stop.wait()
     controller.stop()
-    cert.cleanup()
     print(Counter.messages, flush=True)
 
 
@@ -89,149 +108,123 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# ---------------------------------------------------------------------------------------
-# The sender
-# ---------------------------------------------------------------------------------------
+def seed(engine, subscribers: int, per_digest: int) -> None:  # type: ignore[no-untyped-def]
+    """The day: a pool of papers with translations, and subscribers each with `per_digest` of them selected."""
+    rng = random.Random(20)
+    pool = [f"2611.{n:05d}" for n in range(max(200, per_digest))]
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(Paper), [
+            {"arxiv_id": arxiv_id, "version": 1, "title": f"Diffusion Policies for Dexterous Manipulation, {arxiv_id}",
+             "abstract": ABSTRACT, "authors": [f"Author {k}" for k in range(6)], "categories": ["cs.RO", "cs.LG"],
+             "primary_category": "cs.RO", "details_source": "api", "harvested_at": now}
+            for arxiv_id in pool
+        ])  # fmt: skip
+        conn.execute(insert(Translation), [
+            {"arxiv_id": arxiv_id, "language": "ZH-HANS", "title": f"灵巧操作的扩散策略 {arxiv_id}",
+             "abstract": ABSTRACT_ZH, "source": "deepl", "billed_characters": 0, "created_at": now}
+            for arxiv_id in pool
+        ])  # fmt: skip
+        conn.execute(insert(Subscriber), [
+            {"email": f"reader{n:05d}@example.org", "public_id": uuid.uuid4().hex, "language": "ZH-HANS",
+             "timezone": "Asia/Shanghai", "status": "active", "created_at": now, "consecutive_hard_failures": 0}
+            for n in range(subscribers)
+        ])  # fmt: skip
+        ids = list(conn.scalars(select(Subscriber.id).order_by(Subscriber.id)))
+        conn.execute(insert(SubscriberKeyword), [
+            {"subscriber_id": subscriber_id, "position": 0, "expression": "diffusion policy"} for subscriber_id in ids
+        ])  # fmt: skip
+        conn.execute(insert(Selection), [
+            {"day": DAY, "subscriber_id": subscriber_id, "arxiv_id": arxiv_id, "keyword_position": 0,
+             "terms": ["diffusion policy"]}
+            for subscriber_id in ids for arxiv_id in rng.sample(pool, per_digest)
+        ])  # fmt: skip
 
 
-def sample_digest(papers: int) -> tuple[RenderedDigest, LinkSigner]:
-    """One digest rendered with the production template."""
-    signer = LinkSigner("bench-secret-0123456789")
-    links = subscriber_links(signer, "https://digest.example.org", new_public_id(), "2026-11-24")
-    views = [
-        paper_view(
-            Paper(
-                arxiv_id=f"2611.{n:05d}",
-                title=f"Diffusion Policies for Dexterous Manipulation, part {n}",
-                abstract=ABSTRACT,
-                authors=[f"Author {k}" for k in range(6)],
-                categories=["cs.RO", "cs.LG"],
-                primary_category="cs.RO",
-            ),
-            None,
-            ["diffusion policy"],
-        )
-        for n in range(papers)
-    ]
-    digest = Digest(
-        day=dt.date(2026, 11, 24),
-        email="reader@example.org",
-        language="EN",
-        timezone="Europe/Berlin",
-        sections=[KeywordSection(keyword="diffusion policy", papers=views)],
-        links=links,
-    )
-    return DigestRenderer().render(digest), signer
+def unpack(revision: str, into: Path) -> Path:
+    """The tree of `revision`, as `git archive` gives it."""
+    archive = into / "base.tar"
+    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), revision], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return into / "tree"
 
 
-def send_all(
-    settings: Settings,
-    rendered: RenderedDigest,
-    signer: LinkSigner,
-    count: int,
-    threads: int,
-    pooled: bool,
-    max_seconds: float,
-) -> tuple[int, float, float]:
-    """(messages, seconds, sender CPU seconds) for `threads` senders sharing `count` messages, up to `max_seconds`."""
-    sender = Sender(settings.from_address, settings.from_name, settings.list_id)
-    shared = SmtpBackend(settings) if pooled else None
-    sent = [0] * threads
-
-    def send_share(worker: int) -> None:
-        for number in range(worker, count, threads):
-            if time.perf_counter() > deadline:
-                return
-            links = subscriber_links(signer, settings.base_url, f"reader{number:05d}", "2026-11-24")
-            message = build_message(rendered, f"reader{number:05d}@example.org", sender, links)
-            if shared is not None:
-                shared.send(message)
-            else:
-                one_off = SmtpBackend(settings)
-                one_off.send(message)
-                one_off.close()
-            sent[worker] += 1
-
-    workers = [threading.Thread(target=send_share, args=(n,)) for n in range(threads)]
-    started, cpu_started = time.perf_counter(), time.process_time()
-    deadline = started + max_seconds
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    if shared is not None:
-        shared.close()
-    return sum(sent), elapsed, cpu
+def deliver_once(tree: Path, env: dict[str, str]) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, DAY.isoformat()], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        sys.exit(f"delivery with {tree} failed:\n{done.stderr[-3000:]}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--papers", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="sender threads (the pool holds as many sessions)")
-    parser.add_argument("--max-seconds", type=float, default=75.0, help="stop each way after this long")
-    parser.add_argument("--tls", action="store_true", help="STARTTLS + AUTH LOGIN, as a real relay wants")
+    parser.add_argument("--subscribers", type=int, default=2000)
+    parser.add_argument("--papers", type=int, default=10, help="papers in each digest")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--base", default=BASE, help="the revision to compare with")
+    parser.add_argument("--pool", type=int, default=2, help="NEWSLETTER_SMTP_POOL_SIZE for both ways")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, secure=args.tls)
+        serve(args.serve)
         return
 
+    admin = create_engine(PG_URL)
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    database_url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), *(["--tls"] if args.tls else [])],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        ca_file = Path(server.stdout.readline().strip())
-        secure: dict[str, object] = (
-            {} if not args.tls
-            else {"smtp_security": "starttls", "smtp_ca_file": ca_file, "smtp_user": "bench",
-                  "smtp_password": BENCH_PASSWORD}
+        server.stdout.readline()
+        engine = make_engine(database_url)
+        upgrade_schema(engine)
+        seed(engine, args.subscribers, args.papers)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSLETTER_")}
+        env.update(
+            NEWSLETTER_ENVIRONMENT="test", NEWSLETTER_DATABASE_URL=database_url, NEWSLETTER_REDIS_URL=REDIS_URL,
+            NEWSLETTER_MAIL_BACKEND="smtp", NEWSLETTER_SMTP_HOST="127.0.0.1", NEWSLETTER_SMTP_PORT=str(port),
+            NEWSLETTER_SMTP_MAX_PER_SECOND="1000000", NEWSLETTER_SMTP_POOL_SIZE=str(args.pool),
+            NEWSLETTER_BASE_URL="https://digest.example.org", NEWSLETTER_SECRET_KEY="bench-secret-key-0123456789",
         )  # fmt: skip
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            mail_backend="smtp",
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            **secure,  # type: ignore[arg-type]
-            smtp_max_per_second=1_000_000,
-            smtp_pool_size=args.threads,
-            base_url="https://digest.example.org",
-        )
-        rendered, signer = sample_digest(args.papers)
-        size = len(build_message(rendered, "x@example.org", Sender("a@b.c", "n", "l"), subscriber_links(
-            signer, settings.base_url, new_public_id(), "d")).as_bytes())  # fmt: skip
-        how = "STARTTLS + AUTH LOGIN" if args.tls else "plain SMTP"
-        print(f"{args.messages} digests of {size / 1024:.0f} KiB ({args.papers} papers) to local aiosmtpd, {how}")
-        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work slows both ways)")
-        print(f"{args.threads} sender threads; throttle off for the measurement (NEWSLETTER_SMTP_MAX_PER_SECOND=1e6)")
-        run = (settings, rendered, signer, args.messages, args.threads)
-        pooled_sent, pooled, pooled_cpu = send_all(*run, pooled=True, max_seconds=args.max_seconds)
-        naive_sent, naive, naive_cpu = send_all(*run, pooled=False, max_seconds=args.max_seconds)
+        print(f"{args.subscribers} bilingual digests of {args.papers} papers to local aiosmtpd (offers PIPELINING),"
+              f" PostgreSQL, pool of {args.pool} SMTP sessions, throttle off")  # fmt: skip
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        figures: dict[str, list[dict[str, float]]] = {"batched": [], "today": []}
+        with tempfile.TemporaryDirectory() as temporary:
+            trees = {"batched": ROOT, "today": unpack(args.base, Path(temporary))}
+            for _ in range(args.rounds):
+                for way, tree in trees.items():
+                    with engine.begin() as conn:
+                        conn.execute(text("DELETE FROM sent_paper"))
+                        conn.execute(text("DELETE FROM delivery"))
+                    figures[way].append(deliver_once(tree, env))
     finally:
         server.send_signal(signal.SIGTERM)
-        out, _ = server.communicate(timeout=30)
-    received = int(out.strip().splitlines()[-1]) if out.strip() else -1
-    pooled_rate, naive_rate = pooled_sent / pooled, naive_sent / naive
-    print(
-        f"pooled ({args.threads} sessions, reused): {pooled_rate:6.0f} messages/s ({pooled_sent} in {pooled:.1f} s, "
-        f"sender CPU {1000 * pooled_cpu / pooled_sent:.1f} ms/message)"
-    )
-    print(
-        f"new connection per message: {naive_rate:6.0f} messages/s ({naive_sent} in {naive:.1f} s, "
-        f"sender CPU {1000 * naive_cpu / naive_sent:.1f} ms/message)"
-    )
-    if min(pooled_sent, naive_sent) < args.messages:
-        print(f"note: a way still sending after {args.max_seconds:.0f} s was stopped; its rate is over what it sent")
-    print(f"ratio pooled / naive:       {pooled_rate / naive_rate:6.2f}x")
-    print(f"server accepted {received} of {pooled_sent + naive_sent} messages sent")
-    verdict = "meets" if pooled_rate >= TARGET_PER_SECOND else "MISSES"
-    print(f"target >= {TARGET_PER_SECOND}/s with the pool: {verdict}")
-    if received != pooled_sent + naive_sent:
+        out, _ = server.communicate(timeout=60)
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    received = int(out.strip().splitlines()[-1])
+    rates = {}
+    for way, runs in figures.items():
+        sent = [run["sent"] for run in runs]
+        rate = statistics.median(run["sent"] / run["wall"] for run in runs)
+        cpu = statistics.median(1000 * run["cpu"] / run["sent"] for run in runs)
+        rates[way] = (rate, cpu)
+        label = "batched (this checkout)" if way == "batched" else f"today ({args.base}, per-message commits)"
+        print(f"{label:42} {rate:7.1f} messages/s   sender CPU {cpu:5.2f} ms/message   (sent {sent})")
+    (new_rate, new_cpu), (old_rate, old_cpu) = rates["batched"], rates["today"]
+    print(f"ratio batched / today: {new_rate / old_rate:.2f}x messages/s, {old_cpu / new_cpu:.2f}x less CPU/message")
+    total = sum(run["sent"] for runs in figures.values() for run in runs)
+    print(f"server accepted {received} of {total:.0f} messages sent")
+    if received != total or any(run["failed"] for runs in figures.values() for run in runs):
         sys.exit("some messages did not arrive")
 
 
