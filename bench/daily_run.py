@@ -78,6 +78,11 @@ class CountingSink:
             self.port = probe.getsockname()[1]
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        # As most real mail servers do.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
         with self.lock:
             self.per_recipient.update(envelope.rcpt_tos)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -264,6 +265,9 @@ class RunStage(SQLModel, table=True):
 
 class Selection(SQLModel, table=True):
     """A paper chosen for a subscriber on a day, under the first keyword that matched it."""
+
+    # Composing digests reads a batch of subscribers' selections (migration 0009).
+    __table_args__ = (Index("ix_selection_subscriber_day", "subscriber_id", "day"),)
 
     day: dt.date = Field(primary_key=True)
     subscriber_id: int = Field(

@@ -233,7 +233,11 @@ def transfer_encoding(text: str) -> str:
     # The email package's own choice wraps at 78 and so quoted-printables nearly every digest: 3x the
     # bytes for Chinese and most of the time spent building a message.
     # Bytes' line breaks, not str's: str.splitlines also breaks at U+2028 and the like, which stay inside a line.
-    if max((len(line) for line in text.encode("utf-8").splitlines()), default=0) > MAX_LINE_OCTETS:
+    # A character is at most 4 octets: when no stretch between newlines is over a quarter of the limit,
+    # no line can be over it, and the exact count (which encodes the whole text) is skipped.
+    if max(map(len, text.split("\n")), default=0) * 4 > MAX_LINE_OCTETS and max(
+        (len(line) for line in text.encode("utf-8").splitlines()), default=0
+    ) > MAX_LINE_OCTETS:
         return "base64"
     return "7bit" if text.isascii() else "8bit"
 

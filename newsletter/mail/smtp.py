@@ -189,10 +189,8 @@ class SmtpBackend:
         broken = True
         try:
             options = _mail_options(connection, raw, [self.settings.from_address, *recipients])
-            if self.settings.smtp_pipelining and connection.has_extn("pipelining"):
-                refused = send_pipelined(connection, self.settings.from_address, recipients, raw, options)
-            else:
-                refused = connection.sendmail(self.settings.from_address, recipients, raw, mail_options=options)
+            pipelined = self.settings.smtp_pipelining and connection.has_extn("pipelining")
+            refused = send_envelope(connection, self.settings.from_address, recipients, raw, options, pipelined)
             broken = False
         except PermanentDeliveryError:
             broken = False
@@ -219,24 +217,33 @@ class SmtpBackend:
         self.pool.close()
 
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def send_pipelined(
-    connection: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes, options: list[str]
+def send_envelope(
+    connection: smtplib.SMTP, sender: str, recipients: list[str], raw: bytes, options: list[str], pipelined: bool
 ) -> dict[str, tuple[int, bytes]]:
-    """smtplib's sendmail with MAIL, RCPT and DATA written at once and their replies read after (RFC 2920
-    PIPELINING): one round trip to the server instead of three. Raises as sendmail does."""
+    """smtplib's sendmail, raising as it does, but with MAIL, RCPT and DATA written at once and their replies
+    read after when `pipelined` (RFC 2920 PIPELINING: one round trip instead of three), and the message's
+    leading dots doubled by a byte replace rather than a regular expression over the whole message."""
     if connection.has_extn("size"):
         options = [*options, f"SIZE={len(raw)}"]
     encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-    lines = [" ".join([f"MAIL FROM:{smtplib.quoteaddr(sender)}", *options])]
-    lines += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients]
-    connection.send(("\r\n".join([*lines, "DATA"]) + "\r\n").encode(encoding))
-    mail = connection.getreply()
-    replies = {recipient: connection.getreply() for recipient in recipients}
-    data = connection.getreply()
-    refused = {recipient: reply for recipient, reply in replies.items() if reply[0] not in (250, 251)}
+    commands = [" ".join([f"MAIL FROM:{smtplib.quoteaddr(sender)}", *options])]
+    commands += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients]
+    commands.append("DATA")
+    replies: list[tuple[int, bytes]] = []
+    if pipelined:
+        connection.send(("\r\n".join(commands) + "\r\n").encode(encoding))
+        replies = [connection.getreply() for _ in commands]
+    else:
+        for command in commands:
+            # As smtplib: after a refused MAIL FROM, or with every recipient refused, nothing more is said.
+            if command == "DATA" and all(code not in (250, 251) for code, _ in replies[1:]):
+                break
+            connection.send(f"{command}\r\n".encode(encoding))
+            replies.append(connection.getreply())
+            if command.startswith("MAIL") and replies[0][0] != 250:
+                break
+    mail, data = replies[0], replies[-1] if len(replies) == len(commands) else (503, b"not reached")
+    refused = {r: reply for r, reply in zip(recipients, replies[1:-1], strict=False) if reply[0] not in (250, 251)}
     if data[0] == 354 and (mail[0] != 250 or len(refused) == len(recipients)):
         # A server that opened DATA with no one to deliver to: an empty message ends it, and is not kept.
         connection.send(b".\r\n")
@@ -250,7 +257,9 @@ def send_pipelined(
     if data[0] != 354:
         _reset(connection)
         raise smtplib.SMTPDataError(*data)
-    body = _LEADING_DOT.sub(b"..", raw)
+    body = raw.replace(b"\r\n.", b"\r\n..")
+    if body.startswith(b"."):
+        body = b"." + body
     connection.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
     code, reply = connection.getreply()
     if code != 250:
