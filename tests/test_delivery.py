@@ -11,19 +11,22 @@ from pathlib import Path
 
 import dkim
 import pytest
+from alembic import command
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from newsletter.config import Settings
+from newsletter.db import make_engine
 from newsletter.mail import DeliveryConfigError, make_backend
 from newsletter.mail.message import Sender, build_message
 from newsletter.mail.smtp import SmtpBackend, Throttle
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.render import RenderedDigest
+from newsletter.schema import alembic_config
 from newsletter.tokens import SubscriberLinks
 from tests.conftest import REDIS_URL, inserts_refused, make_settings, reachable_redis_or_skip
 from tests.delivery_helpers import deliver, seed_day, smtp_settings_for
@@ -343,3 +346,19 @@ def test_a_claim_the_database_refuses_fails_the_day_instead_of_passing_for_someo
     resumed = deliver(session, settings)
 
     assert resumed.sent == 2
+
+
+def test_the_selection_index_for_composing_batches_comes_with_its_migration_and_goes_with_its_downgrade(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        upgraded = {index["name"]: index["column_names"] for index in inspect(connection).get_indexes("selection")}
+        command.downgrade(config, "0008_harvest_completeness")
+        downgraded = {index["name"] for index in inspect(connection).get_indexes("selection")}
+    engine.dispose()
+    assert upgraded["ix_selection_subscriber_day"] == ["subscriber_id", "day"]
+    assert "ix_selection_subscriber_day" not in downgraded
