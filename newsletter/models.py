@@ -27,6 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig  # the type of model_config, not exported
 
 
 class _JSONB(TypeDecorator[object]):
@@ -57,6 +58,12 @@ class _JSONB(TypeDecorator[object]):
 
 # JSONB on PostgreSQL: comparable (DISTINCT works) and compact.
 JSON_VALUE = JSON().with_variant(_JSONB(), "postgresql")
+
+
+# Rows are built by SQLAlchemy and SQLModel's table constructor, never validated by pydantic: each
+# table's validator and serializer are built on their first use (defer_build), not for every table
+# at each command's start.
+_DEFERRED = SQLModelConfig(defer_build=True)
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -93,6 +100,7 @@ def new_public_id() -> str:
 
 
 class Subscriber(SQLModel, table=True):
+    model_config = _DEFERRED
     id: int | None = Field(default=None, primary_key=True)
     # Links name this, never the row ID: a deleted subscriber's link cannot reach whoever gets the number next.
     public_id: str = Field(
@@ -133,6 +141,7 @@ class Subscriber(SQLModel, table=True):
 
 
 class SubscriberKeyword(SQLModel, table=True):
+    model_config = _DEFERRED
     __tablename__ = "subscriber_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -147,6 +156,7 @@ class SubscriberKeyword(SQLModel, table=True):
 class PendingKeyword(SQLModel, table=True):
     """A keyword of a change that waits for the mailbox's confirmation."""
 
+    model_config = _DEFERRED
     __tablename__ = "pending_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -159,6 +169,7 @@ class PendingKeyword(SQLModel, table=True):
 
 
 class Paper(SQLModel, table=True):
+    model_config = _DEFERRED
     arxiv_id: str = Field(primary_key=True, max_length=40)
     version: int = 1
     title: str = Field(sa_column=Column(Text, nullable=False))
@@ -184,6 +195,7 @@ class AnnounceType(StrEnum):
 class Announcement(SQLModel, table=True):
     """A paper named by the announcement feed on an announcement day."""
 
+    model_config = _DEFERRED
     day: dt.date = Field(primary_key=True)
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
@@ -192,6 +204,7 @@ class Announcement(SQLModel, table=True):
 
 
 class Translation(SQLModel, table=True):
+    model_config = _DEFERRED
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
     )
@@ -206,6 +219,7 @@ class Translation(SQLModel, table=True):
 class TranslationRejection(SQLModel, table=True):
     """A paper's translation DeepL returned unusable (LaTeX placeholders lost or changed): never bought again."""
 
+    model_config = _DEFERRED
     __tablename__ = "translation_rejection"
 
     arxiv_id: str = Field(
@@ -240,6 +254,7 @@ class Stage(StrEnum):
 class Run(SQLModel, table=True):
     """One daily run per announcement day; its stages are rows of run_stage. Written by newsletter.runs."""
 
+    model_config = _DEFERRED
     id: int | None = Field(default=None, primary_key=True)
     day: dt.date = Field(sa_column_kwargs={"unique": True}, index=True)
     status: RunStatus = Field(default=RunStatus.RUNNING, sa_column=Column(String(24), nullable=False))
@@ -266,6 +281,7 @@ class Run(SQLModel, table=True):
 class RunStage(SQLModel, table=True):
     """One stage of a day's run: when it ran and what it counted (NULL: not this stage's figure)."""
 
+    model_config = _DEFERRED
     __tablename__ = "run_stage"
     __table_args__ = (UniqueConstraint("run_id", "stage"),)
 
@@ -294,6 +310,7 @@ class RunStage(SQLModel, table=True):
 class Selection(SQLModel, table=True):
     """A paper chosen for a subscriber on a day, under the first keyword that matched it."""
 
+    model_config = _DEFERRED
     day: dt.date = Field(primary_key=True)
     subscriber_id: int = Field(
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True)
@@ -329,6 +346,7 @@ def _period_of_row(context: DefaultExecutionContext) -> dt.date:
 class Delivery(SQLModel, table=True):
     """One digest per subscriber per period (a day, or a weekly subscriber's week); claimed before sending."""
 
+    model_config = _DEFERRED
     __table_args__ = (UniqueConstraint("subscriber_id", "period", name="uq_delivery_subscriber_period"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -359,6 +377,7 @@ class Delivery(SQLModel, table=True):
 class SentPaper(SQLModel, table=True):
     """A paper a subscriber has been mailed, so no later version or cross-list repeats it."""
 
+    model_config = _DEFERRED
     __tablename__ = "sent_paper"
 
     subscriber_id: int = Field(
@@ -381,6 +400,7 @@ class FeedbackVerdict(StrEnum):
 class PaperFeedback(SQLModel, table=True):
     """A subscriber's verdict on a paper they were sent; a later verdict on the same paper replaces it."""
 
+    model_config = _DEFERRED
     __tablename__ = "paper_feedback"
 
     subscriber_id: int = Field(
@@ -396,6 +416,7 @@ class PaperFeedback(SQLModel, table=True):
 class AppSecret(SQLModel, table=True):
     """Secrets generated on first run (the link-signing key when none is configured)."""
 
+    model_config = _DEFERRED
     __tablename__ = "app_secret"
 
     name: str = Field(primary_key=True, max_length=64)
@@ -405,6 +426,7 @@ class AppSecret(SQLModel, table=True):
 class DeepLUsage(SQLModel, table=True):
     """DeepL characters per UTC calendar day; a request reserves before it is sent, so no run overspends."""
 
+    model_config = _DEFERRED
     __tablename__ = "deepl_usage"
 
     day: dt.date = Field(primary_key=True)
@@ -416,6 +438,7 @@ class DeepLUsage(SQLModel, table=True):
 class DeepLGlossary(SQLModel, table=True):
     """The glossary uploaded to DeepL for a target language, re-created when its entries change."""
 
+    model_config = _DEFERRED
     __tablename__ = "deepl_glossary"
 
     target_language: str = Field(primary_key=True, max_length=16)
@@ -428,6 +451,7 @@ class DeepLGlossary(SQLModel, table=True):
 class RateLimitSlot(SQLModel, table=True):
     """The next free request slot of a rate-limited remote API (used when Redis is not there)."""
 
+    model_config = _DEFERRED
     __tablename__ = "rate_limit_slot"
 
     name: str = Field(primary_key=True, max_length=64)
@@ -441,6 +465,7 @@ class HarvestTally(SQLModel, table=True):
     details; the rest is named in harvest_gap (not returned, unparsed) or `replace_not_held`.
     """
 
+    model_config = _DEFERRED
     __tablename__ = "harvest_tally"
 
     day: dt.date = Field(primary_key=True)
@@ -460,6 +485,7 @@ class HarvestTally(SQLModel, table=True):
 class FeedCategoryCount(SQLModel, table=True):
     """Items the day's announcement feed listed per category and announce type."""
 
+    model_config = _DEFERRED
     __tablename__ = "feed_category_count"
 
     day: dt.date = Field(primary_key=True)
@@ -479,6 +505,7 @@ class GapKind(StrEnum):
 class HarvestGap(SQLModel, table=True):
     """One named difference between what the feed announced and what the harvest stored."""
 
+    model_config = _DEFERRED
     __tablename__ = "harvest_gap"
 
     day: dt.date = Field(primary_key=True)
@@ -489,6 +516,7 @@ class HarvestGap(SQLModel, table=True):
 class FeedValidator(SQLModel, table=True):
     """The announcement feed's cache validators, so an unchanged feed costs one 304."""
 
+    model_config = _DEFERRED
     __tablename__ = "feed_validator"
 
     url: str = Field(primary_key=True, max_length=1000)
@@ -510,6 +538,7 @@ class AlertCause(StrEnum):
 class AdminAlert(SQLModel, table=True):
     """An alert to the operator, inserted once per day and cause; mailed to NEWSLETTER_ADMIN_EMAIL."""
 
+    model_config = _DEFERRED
     __tablename__ = "admin_alert"
 
     day: dt.date = Field(primary_key=True)
