@@ -18,17 +18,53 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
     inspect,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig  # the type of model_config, not exported
+
+
+class _JSONB(TypeDecorator[object]):
+    """PostgreSQL's JSONB, its dialect loaded only when a PostgreSQL engine uses the type.
+
+    Importing the PostgreSQL dialect costs a SQLite command (`newsletter subscribe`) a tenth of its
+    start; the DDL, binds and results are those of JSONB itself (psycopg's variant of it).
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[object]:
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return dialect.type_descriptor(JSONB())
+
+    # The compiler asks the dialect-level type, which for a variant is this decorator rather than
+    # what it wraps, whether to cast binds: answered by JSONB, so they stay `%(authors)s::JSONB`.
+    @property
+    def render_bind_cast(self) -> bool:  # type: ignore[override]
+        return self.impl_instance.render_bind_cast
+
+    @property
+    def render_literal_cast(self) -> bool:  # type: ignore[override]
+        return self.impl_instance.render_literal_cast
+
 
 # JSONB on PostgreSQL: comparable (DISTINCT works) and compact.
-JSON_VALUE = JSON().with_variant(JSONB(), "postgresql")
+JSON_VALUE = JSON().with_variant(_JSONB(), "postgresql")
+
+
+# Rows are built by SQLAlchemy and SQLModel's table constructor, never validated by pydantic: each
+# table's validator and serializer are built on their first use (defer_build), not for every table
+# at each command's start.
+_DEFERRED = SQLModelConfig(defer_build=True)
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -65,6 +101,7 @@ def new_public_id() -> str:
 
 
 class Subscriber(SQLModel, table=True):
+    model_config = _DEFERRED
     id: int | None = Field(default=None, primary_key=True)
     # Links name this, never the row ID: a deleted subscriber's link cannot reach whoever gets the number next.
     public_id: str = Field(
@@ -105,6 +142,7 @@ class Subscriber(SQLModel, table=True):
 
 
 class SubscriberKeyword(SQLModel, table=True):
+    model_config = _DEFERRED
     __tablename__ = "subscriber_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -119,6 +157,7 @@ class SubscriberKeyword(SQLModel, table=True):
 class PendingKeyword(SQLModel, table=True):
     """A keyword of a change that waits for the mailbox's confirmation."""
 
+    model_config = _DEFERRED
     __tablename__ = "pending_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -131,6 +170,7 @@ class PendingKeyword(SQLModel, table=True):
 
 
 class Paper(SQLModel, table=True):
+    model_config = _DEFERRED
     arxiv_id: str = Field(primary_key=True, max_length=40)
     version: int = 1
     title: str = Field(sa_column=Column(Text, nullable=False))
@@ -156,6 +196,7 @@ class AnnounceType(StrEnum):
 class Announcement(SQLModel, table=True):
     """A paper named by the announcement feed on an announcement day."""
 
+    model_config = _DEFERRED
     day: dt.date = Field(primary_key=True)
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
@@ -164,6 +205,7 @@ class Announcement(SQLModel, table=True):
 
 
 class Translation(SQLModel, table=True):
+    model_config = _DEFERRED
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
     )
@@ -178,6 +220,7 @@ class Translation(SQLModel, table=True):
 class TranslationRejection(SQLModel, table=True):
     """A paper's translation DeepL returned unusable (LaTeX placeholders lost or changed): never bought again."""
 
+    model_config = _DEFERRED
     __tablename__ = "translation_rejection"
 
     arxiv_id: str = Field(
@@ -212,6 +255,7 @@ class Stage(StrEnum):
 class Run(SQLModel, table=True):
     """One daily run per announcement day; its stages are rows of run_stage. Written by newsletter.runs."""
 
+    model_config = _DEFERRED
     id: int | None = Field(default=None, primary_key=True)
     day: dt.date = Field(sa_column_kwargs={"unique": True}, index=True)
     status: RunStatus = Field(default=RunStatus.RUNNING, sa_column=Column(String(24), nullable=False))
@@ -238,6 +282,7 @@ class Run(SQLModel, table=True):
 class RunStage(SQLModel, table=True):
     """One stage of a day's run: when it ran and what it counted (NULL: not this stage's figure)."""
 
+    model_config = _DEFERRED
     __tablename__ = "run_stage"
     __table_args__ = (UniqueConstraint("run_id", "stage"),)
 
@@ -266,6 +311,7 @@ class RunStage(SQLModel, table=True):
 class Selection(SQLModel, table=True):
     """A paper chosen for a subscriber on a day, under the first keyword that matched it."""
 
+    model_config = _DEFERRED
     # Composing digests reads a batch of subscribers' selections (migration 0009).
     __table_args__ = (Index("ix_selection_subscriber_day", "subscriber_id", "day"),)
 
@@ -304,6 +350,7 @@ def _period_of_row(context: DefaultExecutionContext) -> dt.date:
 class Delivery(SQLModel, table=True):
     """One digest per subscriber per period (a day, or a weekly subscriber's week); claimed before sending."""
 
+    model_config = _DEFERRED
     __table_args__ = (UniqueConstraint("subscriber_id", "period", name="uq_delivery_subscriber_period"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -334,6 +381,7 @@ class Delivery(SQLModel, table=True):
 class SentPaper(SQLModel, table=True):
     """A paper a subscriber has been mailed, so no later version or cross-list repeats it."""
 
+    model_config = _DEFERRED
     __tablename__ = "sent_paper"
 
     subscriber_id: int = Field(
@@ -356,6 +404,7 @@ class FeedbackVerdict(StrEnum):
 class PaperFeedback(SQLModel, table=True):
     """A subscriber's verdict on a paper they were sent; a later verdict on the same paper replaces it."""
 
+    model_config = _DEFERRED
     __tablename__ = "paper_feedback"
 
     subscriber_id: int = Field(
@@ -371,6 +420,7 @@ class PaperFeedback(SQLModel, table=True):
 class AppSecret(SQLModel, table=True):
     """Secrets generated on first run (the link-signing key when none is configured)."""
 
+    model_config = _DEFERRED
     __tablename__ = "app_secret"
 
     name: str = Field(primary_key=True, max_length=64)
@@ -380,6 +430,7 @@ class AppSecret(SQLModel, table=True):
 class DeepLUsage(SQLModel, table=True):
     """DeepL characters per UTC calendar day; a request reserves before it is sent, so no run overspends."""
 
+    model_config = _DEFERRED
     __tablename__ = "deepl_usage"
 
     day: dt.date = Field(primary_key=True)
@@ -391,6 +442,7 @@ class DeepLUsage(SQLModel, table=True):
 class DeepLGlossary(SQLModel, table=True):
     """The glossary uploaded to DeepL for a target language, re-created when its entries change."""
 
+    model_config = _DEFERRED
     __tablename__ = "deepl_glossary"
 
     target_language: str = Field(primary_key=True, max_length=16)
@@ -403,6 +455,7 @@ class DeepLGlossary(SQLModel, table=True):
 class RateLimitSlot(SQLModel, table=True):
     """The next free request slot of a rate-limited remote API (used when Redis is not there)."""
 
+    model_config = _DEFERRED
     __tablename__ = "rate_limit_slot"
 
     name: str = Field(primary_key=True, max_length=64)
@@ -416,6 +469,7 @@ class HarvestTally(SQLModel, table=True):
     details; the rest is named in harvest_gap (not returned, unparsed) or `replace_not_held`.
     """
 
+    model_config = _DEFERRED
     __tablename__ = "harvest_tally"
 
     day: dt.date = Field(primary_key=True)
@@ -435,6 +489,7 @@ class HarvestTally(SQLModel, table=True):
 class FeedCategoryCount(SQLModel, table=True):
     """Items the day's announcement feed listed per category and announce type."""
 
+    model_config = _DEFERRED
     __tablename__ = "feed_category_count"
 
     day: dt.date = Field(primary_key=True)
@@ -454,6 +509,7 @@ class GapKind(StrEnum):
 class HarvestGap(SQLModel, table=True):
     """One named difference between what the feed announced and what the harvest stored."""
 
+    model_config = _DEFERRED
     __tablename__ = "harvest_gap"
 
     day: dt.date = Field(primary_key=True)
@@ -464,6 +520,7 @@ class HarvestGap(SQLModel, table=True):
 class FeedValidator(SQLModel, table=True):
     """The announcement feed's cache validators, so an unchanged feed costs one 304."""
 
+    model_config = _DEFERRED
     __tablename__ = "feed_validator"
 
     url: str = Field(primary_key=True, max_length=1000)
@@ -485,6 +542,7 @@ class AlertCause(StrEnum):
 class AdminAlert(SQLModel, table=True):
     """An alert to the operator, inserted once per day and cause; mailed to NEWSLETTER_ADMIN_EMAIL."""
 
+    model_config = _DEFERRED
     __tablename__ = "admin_alert"
 
     day: dt.date = Field(primary_key=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,9 +89,29 @@ def head_revisions_in_files() -> set[str]:
     return revisions - parents
 
 
+# Where a migration's module header ends: its first top-level function, class or decorator.
+_FIRST_DEFINITION = re.compile(r"^(?:def|async def|class|@)", re.MULTILINE)
+
+
 def _assignments(path: Path) -> dict[str, object]:
+    source = path.read_text(encoding="utf-8")
+    # The identifiers sit in the header, above upgrade() and downgrade(): parsing only that is a
+    # fraction of the whole file's cost, paid on every command. The whole file when the header
+    # alone does not parse or does not name the revision.
+    header = _FIRST_DEFINITION.search(source)
+    if header is not None:
+        try:
+            values = _header_assignments(source[: header.start()])
+        except SyntaxError:
+            values = {}
+        if "revision" in values:
+            return values
+    return _header_assignments(source)
+
+
+def _header_assignments(source: str) -> dict[str, object]:
     values: dict[str, object] = {}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:

@@ -11,7 +11,6 @@ import datetime as dt
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,7 +19,6 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, select
 from sqlmodel import Session, col
 
-from newsletter.account_mail import already_subscribed_mail, confirmation_mail
 from newsletter.config import Settings, get_settings
 from newsletter.keywords import MAX_KEYWORDS, KeywordSyntaxError, parse_keyword
 from newsletter.models import PendingKeyword, Subscriber, SubscriberKeyword, SubscriberStatus, table_of, utcnow
@@ -28,6 +26,8 @@ from newsletter.periods import parse_frequency, parse_weekday
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose, TokenClaims
 
 if TYPE_CHECKING:  # the CLI's `subscribe` should not load the mail transports
+    from email.message import EmailMessage
+
     from newsletter.delivery import MailBackend
 
 # DeepL target languages, Simplified Chinese first (the default).
@@ -486,6 +486,9 @@ def _apply_pending_change(session: Session, subscriber: Subscriber) -> None:
 
 
 def _opt_in_mail(settings: Settings, signer: LinkSigner, subscriber: Subscriber, active: bool) -> EmailMessage:
+    # Loaded with the first mail: `newsletter subscribe --confirmed` writes none.
+    from newsletter.account_mail import already_subscribed_mail, confirmation_mail
+
     generation = subscriber.generation
     if active:
         link = f"{settings.base_url}/manage/{signer.make(Purpose.MANAGE, subscriber.public_id, generation=generation)}"

@@ -279,6 +279,42 @@ def test_a_database_behind_the_newest_migration_is_refused_and_db_upgrade_brings
     assert run(["status"], tmp_path).returncode == 0
 
 
+def test_the_quick_look_at_the_migration_files_finds_the_heads_alembic_finds() -> None:
+    from alembic.script import ScriptDirectory
+
+    from newsletter.schema import head_revisions_in_files
+
+    assert head_revisions_in_files() == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('"""doc\n\nRevision ID: x\n"""\nimport sqlalchemy as sa\nrevision = "b"\ndown_revision = "a"\n\n\n'
+         "def upgrade() -> None:\n    revision = 'not this'\n",
+         {"revision": "b", "down_revision": "a"}),
+        ('revision: str = "m"\ndown_revision: tuple[str, str] = (\n    "a",\n    "b",\n)\n\n'
+         "@decorated\ndef upgrade() -> None: ...\n",
+         {"revision": "m", "down_revision": ("a", "b")}),
+        # Named below the first function: read from the whole file.
+        ('def upgrade() -> None: ...\n\nrevision = "late"\ndown_revision = None\n',
+         {"revision": "late", "down_revision": None}),
+        # A header that does not parse alone (a string left open until after the first def).
+        ('x = """\ndef not_code():\n"""\nrevision = "r"\ndown_revision = "q"\n\ndef upgrade(): ...\n',
+         {"revision": "r", "down_revision": "q"}),
+    ],
+    ids=["plain", "merge", "after-def", "open-string"],
+)
+def test_a_migrations_revision_and_parents_are_read_from_its_header_or_else_the_whole_file(
+    tmp_path: Path, source: str, expected: dict[str, object]
+) -> None:
+    from newsletter.schema import _assignments
+
+    path = tmp_path / "0099_x.py"
+    path.write_text(source, encoding="utf-8")
+    assert _assignments(path) == expected
+
+
 # --- subscribe: the confirmation mail -------------------------------------------------------------
 
 
@@ -422,4 +458,19 @@ def test_one_subscribe_loads_neither_the_harvest_nor_the_pipeline_nor_mail_nor_a
     heavy = ("newsletter.harvest", "newsletter.pipeline", "newsletter.mail", "newsletter.render", "arxiv", "celery",
              "alembic", "rich.progress")
     assert not {name for name in loaded if name.startswith(heavy)}
-    assert "newsletter.subscribers" in loaded
+    # Nor what a keyword check, a SQLite database, settings left at their defaults and no mail never
+    # use: the matching engine and highlighter, the LaTeX tables (no LaTeX in the keyword), the
+    # PostgreSQL dialect, the rate-limit parser, the account mails.
+    unused = ("newsletter.keywords.engine", "newsletter.keywords.parallel", "newsletter.keywords.highlight",
+              "ahocorasick_rs", "newsletter.latex", "unicodeit", "sqlalchemy.dialects.postgresql", "limits",
+              "newsletter.account_mail")
+    assert not {name for name in loaded if name.startswith(unused)}
+    assert {"newsletter.subscribers", "newsletter.keywords.syntax"} <= loaded
+
+
+def test_every_table_model_builds_its_pydantic_validator_only_when_first_used() -> None:
+    from sqlmodel import SQLModel
+
+    tables = [model for model in SQLModel.__subclasses__() if model.model_config.get("table")]
+    assert len(tables) == len(SQLModel.metadata.tables)
+    assert not [model.__name__ for model in tables if not model.model_config.get("defer_build")]

@@ -280,6 +280,21 @@ def test_one_domain_and_one_client_are_capped_as_well(lite_settings: Settings, s
     assert len(smtp_sink.messages) == 5
 
 
+RATE_LIMITS = ("web_post_rate_limit", "web_check_rate_limit", "web_confirm_mailbox_rate_limit",
+               "web_confirm_domain_rate_limit", "web_confirm_client_rate_limit")
+
+
+@pytest.mark.parametrize("field", RATE_LIMITS)
+def test_every_default_rate_limit_parses_and_a_malformed_one_is_refused(field: str) -> None:
+    # The settings skip parsing a default (so commands do not load `limits`): this is what makes that safe.
+    from limits import parse_many
+    from pydantic import ValidationError
+
+    assert parse_many(Settings.model_fields[field].default)
+    with pytest.raises(ValidationError, match="is not a rate limit such as 20/minute"):
+        Settings(_env_file=None, **{field: "twenty a minute"})  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def lite_settings(sqlite_engine: Engine, tmp_path: Path) -> Settings:
     return make_settings(sqlite_engine.url.render_as_string(hide_password=False), tmp_path)

@@ -30,8 +30,6 @@ from functools import lru_cache
 from itertools import accumulate, compress, repeat
 from typing import NamedTuple
 
-from newsletter.latex import has_latex, latex_to_unicode
-
 # Letters a whitespace-split piece of a keyword word must keep on each side ("data set").
 MIN_SPLIT_PIECE = 3
 
@@ -39,32 +37,49 @@ MIN_SPLIT_PIECE = 3
 # Folding
 # ---------------------------------------------------------------------------------------
 
-def _build_fold_table() -> dict[int, str | None]:
+def _build_ascii_fold_table() -> dict[int, str | None]:
+    # "~" is LaTeX's non-breaking space; control characters would collide with the
+    # stream's hard-gap marker.
+    table: dict[int, str | None] = {code: " " for code in range(0x20) if chr(code) not in "\t\n\r\f\v"}
+    table[ord("~")] = " "
+    return table
+
+
+# Most text is ASCII, and for it the table holds only these: the whole one, which takes a scan of
+# the BMP, is built on the first text that is not (a `newsletter subscribe` of an ASCII keyword
+# never needs it).
+_ASCII_FOLD_TABLE = _build_ascii_fold_table()
+
+
+@lru_cache(maxsize=1)
+def _fold_table() -> dict[int, str | None]:
     # Combining marks are dropped after NFKD; the BMP holds every mark Latin, Greek and
-    # Cyrillic text uses, and scanning it once at import takes a few milliseconds.
+    # Cyrillic text uses, and scanning it once takes a few milliseconds.
     table: dict[int, str | None] = {code: None for code in range(0x10000) if unicodedata.combining(chr(code))}
     # Letters NFKD leaves alone although people write them without the stroke.
     table.update({ord(stroked): plain for stroked, plain in zip("øłđðħŧı", "olddhti", strict=True)})
     table.update({ord("æ"): "ae", ord("œ"): "oe", ord("þ"): "th"})
-    # "~" is LaTeX's non-breaking space; control characters would collide with the
-    # stream's hard-gap marker.
-    table[ord("~")] = " "
-    table.update({code: " " for code in range(0x20) if chr(code) not in "\t\n\r\f\v"})
+    table.update(_ASCII_FOLD_TABLE)
     return table
-
-
-_FOLD_TABLE = _build_fold_table()
 
 
 def _fold_plain(text: str) -> str:
     if text.isascii():
-        return text.lower().translate(_FOLD_TABLE)
-    return unicodedata.normalize("NFKD", text).casefold().translate(_FOLD_TABLE)
+        return text.lower().translate(_ASCII_FOLD_TABLE)
+    return unicodedata.normalize("NFKD", text).casefold().translate(_fold_table())
+
+
+def _may_hold_latex(text: str) -> bool:
+    # newsletter.latex.has_latex's test, repeated here so that plain text does not load the LaTeX
+    # tokenizer and its tables (tests/test_keywords.py holds the two to the same answer).
+    return "\\" in text or "$" in text or "{" in text
 
 
 def fold_text(text: str) -> str:
     """Return `text` with LaTeX rendered, accents stripped and case folded, for matching."""
-    if has_latex(text):
+    if _may_hold_latex(text):
+        from newsletter.latex import latex_to_unicode
+
         text = latex_to_unicode(text)
     return _fold_plain(text)
 
