@@ -38,6 +38,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberKeyword,
     SubscriberStatus,
+    table_of,
     utcnow,
 )
 from newsletter.periods import carried_since, due_clause, period_column
@@ -152,7 +153,7 @@ def claim_deliveries(
         .returning(col(Delivery.id), col(Delivery.subscriber_id), col(Delivery.attempts))
         .execution_options(synchronize_session=False)
     ).all()
-    table = Delivery.__table__.c  # type: ignore[attr-defined]
+    table = table_of(Delivery).c
     rows = select(
         col(Subscriber.id),
         literal(day, table.day.type),
@@ -448,7 +449,8 @@ def _record_sent(session: Session, outcomes: list[_Outcome], result: DeliveryRes
         for paper in {p.arxiv_id: p for p in outcome.digest.papers}.values()
     ]  # fmt: skip
     if papers:
-        session.execute(_upsert(session)(SentPaper).on_conflict_do_nothing(), papers)
+        # The table, not the entity: the ORM's bulk insert would handle each of these rows in Python again.
+        session.execute(_upsert(session)(table_of(SentPaper)).on_conflict_do_nothing(), papers)
     for outcome in outcomes:
         if outcome.digest is not None and outcome.digest.updates:
             record_updates_shown(session, outcome.claim.subscriber_id, outcome.digest.updates)

@@ -233,11 +233,13 @@ def transfer_encoding(text: str) -> str:
     # The email package's own choice wraps at 78 and so quoted-printables nearly every digest: 3x the
     # bytes for Chinese and most of the time spent building a message.
     # Bytes' line breaks, not str's: str.splitlines also breaks at U+2028 and the like, which stay inside a line.
-    # A character is at most 4 octets: when no stretch between newlines is over a quarter of the limit,
-    # no line can be over it, and the exact count (which encodes the whole text) is skipped.
-    if max(map(len, text.split("\n")), default=0) * 4 > MAX_LINE_OCTETS and max(
-        (len(line) for line in text.encode("utf-8").splitlines()), default=0
-    ) > MAX_LINE_OCTETS:
+    # A character is at most 4 octets: only a stretch between newlines longer than a quarter of the limit
+    # can be over it, and only those are encoded to count (a stretch may hold more breaks: never shorter).
+    if any(
+        len(stretch) * 4 > MAX_LINE_OCTETS
+        and max((len(line) for line in stretch.encode("utf-8").splitlines()), default=0) > MAX_LINE_OCTETS
+        for stretch in text.split("\n")
+    ):
         return "base64"
     return "7bit" if text.isascii() else "8bit"
 
