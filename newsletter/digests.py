@@ -7,6 +7,7 @@ here, and hand the Digest to the renderer, which never touches the database.
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session, col
@@ -22,6 +23,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberKeyword,
     Translation,
+    table_of,
 )
 from newsletter.periods import carried_since
 from newsletter.ranking import section_order
@@ -98,6 +100,13 @@ def empty_day_note(session: Session, subscriber: Subscriber, digest: Digest) -> 
     )
 
 
+class Translated(NamedTuple):
+    """A paper's stored translation, as a card shows it."""
+
+    title: str
+    abstract: str
+
+
 def load_digest(session: Session, subscriber: Subscriber, day: dt.date, links: SubscriberLinks) -> Digest:
     """The subscriber's digest sent on `day`, from the stored selections and translations.
 
@@ -120,8 +129,16 @@ def load_digests(
         .order_by(col(SubscriberKeyword.subscriber_id), col(SubscriberKeyword.position))
     ):
         sections[subscriber_id].append(KeywordSection(keyword=expression))
+    paper, translation = table_of(Paper).c, table_of(Translation).c
+    # Columns, not entities: a batch reads thousands of rows, and the cards need only these values.
     rows = session.execute(
-        select(Selection, Paper, Translation)
+        select(
+            col(Selection.subscriber_id), col(Selection.keyword_position), col(Selection.terms), paper.arxiv_id,
+            paper.version, paper.title, paper.abstract, paper.authors, paper.categories, paper.primary_category,
+            paper.comment, paper.journal_ref, paper.doi, translation.title.label("translated_title"),
+            translation.abstract.label("translated_abstract"),
+        )
+        .select_from(Selection)
         .join(Paper, col(Paper.arxiv_id) == col(Selection.arxiv_id))
         .join(Subscriber, col(Subscriber.id) == col(Selection.subscriber_id))
         .outerjoin(
@@ -143,14 +160,15 @@ def load_digests(
         .order_by(col(Selection.subscriber_id), col(Selection.keyword_position), *section_order())
     )
     shown: dict[int, set[str]] = {subscriber_id: set() for subscriber_id in by_id}
-    for selection, paper, translation in rows:
-        keyword_sections, listed = sections[selection.subscriber_id], shown[selection.subscriber_id]
-        if selection.keyword_position >= len(keyword_sections) or paper.arxiv_id in listed:
+    for row in rows:
+        keyword_sections, listed = sections[row.subscriber_id], shown[row.subscriber_id]
+        if row.keyword_position >= len(keyword_sections) or row.arxiv_id in listed:
             continue  # the subscriber removed that keyword since the match, or the paper is listed already
-        listed.add(paper.arxiv_id)
-        translation_wanted = not by_id[selection.subscriber_id].language.upper().startswith("EN")
-        view = paper_view(paper, translation, selection.terms, translation_wanted)
-        keyword_sections[selection.keyword_position].papers.append(view)
+        listed.add(row.arxiv_id)
+        translation_wanted = not by_id[row.subscriber_id].language.upper().startswith("EN")
+        translated = None if row.translated_title is None else Translated(row.translated_title, row.translated_abstract)
+        view = paper_view(row, translated, row.terms, translation_wanted)
+        keyword_sections[row.keyword_position].papers.append(view)
     generated_at = dt.datetime.now(dt.UTC)
     return {
         subscriber_id: Digest(

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,8 +32,7 @@ from newsletter.latex import latex_to_unicode
 from newsletter.taxonomy import subject_label
 
 if TYPE_CHECKING:
-    # Only the rows' shape: rendering reads what it is handed and never queries the database.
-    from newsletter.models import Paper, Translation
+    # Rendering reads what it is handed (PaperFields) and never queries the database.
     from newsletter.tokens import SubscriberLinks
     from newsletter.updates import PaperUpdate
 
@@ -345,8 +344,40 @@ class RenderedDigest:
     papers_by_title: int = 0
 
 
+class PaperFields(Protocol):
+    """What a card needs of a paper: a Paper row, or a result row with the same column names."""
+
+    @property
+    def arxiv_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def abstract(self) -> str: ...
+    @property
+    def authors(self) -> list[str]: ...
+    @property
+    def categories(self) -> list[str]: ...
+    @property
+    def primary_category(self) -> str: ...
+    @property
+    def comment(self) -> str | None: ...
+    @property
+    def journal_ref(self) -> str | None: ...
+    @property
+    def doi(self) -> str | None: ...
+
+
+class TranslationFields(Protocol):
+    @property
+    def title(self) -> str: ...
+    @property
+    def abstract(self) -> str: ...
+
+
 def paper_view(
-    paper: Paper, translation: Translation | None, terms: Sequence[str], translation_wanted: bool = False
+    paper: PaperFields, translation: TranslationFields | None, terms: Sequence[str], translation_wanted: bool = False
 ) -> PaperView:
     """What the email shows of a paper (LaTeX is made readable only when a card is first rendered)."""
     return PaperView(
