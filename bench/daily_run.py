@@ -277,8 +277,11 @@ def main() -> None:
               f" on {os.cpu_count()} cores")
         if args.subscribers < 10_000 or args.papers < 2_000:
             print("  note: a scaled-down run; the target is stated for 10,000 subscribers and 2,000 papers")
-        verdict = "met" if wall < 300 else "missed"
-        print(f"  target: whole day under 300 s on this machine: {verdict} ({wall:.0f} s)")
+        deliver = seconds["deliver"]
+        print(f"  target: delivery of the digests under 60 s: {'met' if deliver < 60 else 'missed'} ({deliver:.0f} s;"
+              " before batched delivery: 260 s)")
+        print(f"  target: whole day under 150 s: {'met' if wall < 150 else 'missed'} ({wall:.0f} s;"
+              " before batched delivery: 342 s)")
         print_latency(run_row, settings, api_requests, args.arxiv_delay)
     finally:
         if workers is not None:
