@@ -191,3 +191,16 @@ def test_a_pipelined_refusal_of_the_recipient_is_that_recipients_bounce_and_no_m
 
     assert peer.bodies == []
     assert "RSET" in [line.command for line in peer.transcript]
+
+
+def test_a_server_without_pipelining_refusing_the_recipient_is_that_recipients_bounce_and_data_is_never_sent(
+    tmp_path: Path,
+) -> None:
+    peer = HoldingPeer(pipelining=False, refuse_rcpt="550 5.1.1 no such user")
+
+    with pytest.raises(PermanentDeliveryError, match="550 5.1.1 no such user"):
+        send(settings_for(peer, tmp_path))
+
+    commands = [line.command for line in peer.transcript]
+    assert "DATA" not in commands and "RSET" in commands
+    assert peer.bodies == []

@@ -242,8 +242,10 @@ def send_envelope(
             replies.append(connection.getreply())
             if command.startswith("MAIL") and replies[0][0] != 250:
                 break
-    mail, data = replies[0], replies[-1] if len(replies) == len(commands) else (503, b"not reached")
-    refused = {r: reply for r, reply in zip(recipients, replies[1:-1], strict=False) if reply[0] not in (250, 251)}
+    # Replies in command order; a command left unsaid (see above) has none.
+    mail, rcpt_replies = replies[0], replies[1 : 1 + len(recipients)]
+    data = replies[len(commands) - 1] if len(replies) == len(commands) else (503, b"not reached")
+    refused = {r: reply for r, reply in zip(recipients, rcpt_replies, strict=False) if reply[0] not in (250, 251)}
     if data[0] == 354 and (mail[0] != 250 or len(refused) == len(recipients)):
         # A server that opened DATA with no one to deliver to: an empty message ends it, and is not kept.
         connection.send(b".\r\n")
