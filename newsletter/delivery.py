@@ -280,19 +280,22 @@ class _DeliveryRun:
             self._release(list(self.untried))
 
     def _subscribers(self, ids: list[int]) -> dict[int, Subscriber]:
+        """The claimed subscribers still active, read fresh (one may have left since the claim)."""
         rows = self.session.scalars(
-            select(Subscriber).where(col(Subscriber.id).in_(ids)).execution_options(populate_existing=True)
+            select(Subscriber)
+            .where(col(Subscriber.id).in_(ids), col(Subscriber.status) == SubscriberStatus.ACTIVE)
+            .execution_options(populate_existing=True)
         )
         return {subscriber.id: subscriber for subscriber in rows if subscriber.id is not None}
 
     def _compose_batch(self, subscribers: list[Subscriber]) -> dict[int, Digest]:
         """The batch's digests in a few queries; none if that fails (each is then composed alone, so that one
         bad digest fails by itself)."""
-        active = [subscriber for subscriber in subscribers if subscriber.status == SubscriberStatus.ACTIVE]
         try:
-            return compose_digests(self.session, self.settings, self.context.signer, active, self.context.day)
+            return compose_digests(self.session, self.settings, self.context.signer, subscribers, self.context.day)
         except Exception:  # noqa: BLE001 - composed one by one below, where a failure names its subscriber
-            log.exception("could not compose a batch of %d digests for %s together", len(active), self.context.day)
+            log.exception("could not compose a batch of %d digests for %s together", len(subscribers),
+                          self.context.day)  # fmt: skip
             self.session.rollback()
             return {}
 
@@ -301,7 +304,7 @@ class _DeliveryRun:
         claim left untried, once the day's delivery has stopped."""
         if self.result.aborted:
             return False
-        if subscriber is None or subscriber.status != SubscriberStatus.ACTIVE:
+        if subscriber is None:  # left or unsubscribed since the claim
             self.session.execute(delete(Delivery).where(col(Delivery.id) == claim.delivery_id))
             self.result.skipped += 1
             return True
@@ -381,7 +384,8 @@ def _compose(
 ) -> tuple[Digest, EmailMessage]:
     """The subscriber's message (from `digest` when the batch composed it)."""
     day = context.day
-    digest = digest or compose_digest(session, context.settings, context.signer, subscriber, day)
+    if digest is None:
+        digest = compose_digest(session, context.settings, context.signer, subscriber, day)
     message_id = digest_message_id(context.sender, subscriber.email, day)
     rendered = render_mail(session, context.renderer, subscriber, digest)
     message = build_message(rendered, subscriber.email, context.sender, digest.links, message_id)

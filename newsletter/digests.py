@@ -160,14 +160,16 @@ def load_digests(
         .order_by(col(Selection.subscriber_id), col(Selection.keyword_position), *section_order())
     )
     shown: dict[int, set[str]] = {subscriber_id: set() for subscriber_id in by_id}
+    translation_wanted = {
+        subscriber_id: not subscriber.language.upper().startswith("EN") for subscriber_id, subscriber in by_id.items()
+    }
     for row in rows:
         keyword_sections, listed = sections[row.subscriber_id], shown[row.subscriber_id]
         if row.keyword_position >= len(keyword_sections) or row.arxiv_id in listed:
             continue  # the subscriber removed that keyword since the match, or the paper is listed already
         listed.add(row.arxiv_id)
-        translation_wanted = not by_id[row.subscriber_id].language.upper().startswith("EN")
         translated = None if row.translated_title is None else Translated(row.translated_title, row.translated_abstract)
-        view = paper_view(row, translated, row.terms, translation_wanted)
+        view = paper_view(row, translated, row.terms, translation_wanted[row.subscriber_id])
         keyword_sections[row.keyword_position].papers.append(view)
     generated_at = dt.datetime.now(dt.UTC)
     return {

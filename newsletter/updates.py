@@ -65,6 +65,8 @@ def pending_updates_of(
 ) -> dict[int, list[PaperUpdate]]:
     """pending_updates for each subscriber id in `exclude` (with the papers to leave out), in one query;
     a subscriber without updates is left out."""
+    if not exclude:
+        return {}
     # A row without a version predates this record (written by hand or an old release): nothing to compare.
     changed = and_(
         col(SentPaper.version).is_not(None),
@@ -75,8 +77,6 @@ def pending_updates_of(
             and_(col(Paper.doi).is_not(None), or_(col(SentPaper.doi).is_(None), col(Paper.doi) != col(SentPaper.doi))),
         ),
     )
-    if not exclude:
-        return {}
     skip = {subscriber_id: set(arxiv_ids) for subscriber_id, arxiv_ids in exclude.items()}
     rows = session.execute(
         select(SentPaper, Paper)
