@@ -51,6 +51,7 @@ from newsletter.render import DigestRenderer  # noqa: E402
 from newsletter.runs import stage_rows, stage_seconds  # noqa: E402
 from newsletter.schema import upgrade_schema  # noqa: E402
 from tests.servers import ArxivServer, DeepLServer, build_feed, make_paper  # noqa: E402
+from tests.servers.smtp import offering_pipelining  # noqa: E402
 
 DAY = dt.date(2026, 11, 24)
 CATEGORIES = ["cs.AI", "cs.LG"]
@@ -81,7 +82,7 @@ class CountingSink:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
         # As most real mail servers do.
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return offering_pipelining(responses)
 
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
         with self.lock:

@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import uuid
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
+from bench.cli import unpack  # noqa: E402
 from newsletter.db import make_engine  # noqa: E402
 from newsletter.models import Paper, Selection, Subscriber, SubscriberKeyword, Translation  # noqa: E402
 from newsletter.schema import upgrade_schema  # noqa: E402
@@ -82,12 +82,14 @@ def serve(port: int) -> None:
     """Accept and count messages until SIGTERM, then print the count."""
     from aiosmtpd.controller import Controller
 
+    from tests.servers.smtp import offering_pipelining
+
     class Counter:
         messages = 0
 
         async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
             session.host_name = hostname
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+            return offering_pipelining(responses)
 
         async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
             Counter.messages += 1
@@ -141,15 +143,6 @@ def seed(engine, subscribers: int, per_digest: int) -> None:  # type: ignore[no-
              "terms": ["diffusion policy"]}
             for subscriber_id in ids for arxiv_id in rng.sample(pool, per_digest)
         ])  # fmt: skip
-
-
-def unpack(revision: str, into: Path) -> Path:
-    """The tree of `revision`, as `git archive` gives it."""
-    archive = into / "base.tar"
-    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), revision], cwd=ROOT, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into / "tree", filter="data")
-    return into / "tree"
 
 
 def deliver_once(tree: Path, env: dict[str, str]) -> dict[str, float]:

@@ -193,6 +193,12 @@ class _SinkController(Controller):
         return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
 
 
+def offering_pipelining(ehlo_responses: list[str]) -> list[str]:
+    """aiosmtpd's EHLO reply lines with PIPELINING added before the last (aiosmtpd reads pipelined commands
+    in order, but does not say so)."""
+    return [*ehlo_responses[:-1], "250-PIPELINING", ehlo_responses[-1]]
+
+
 class _Handler:
     """aiosmtpd handler hooks delegating decisions to the sink."""
 
@@ -203,11 +209,9 @@ class _Handler:
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        """Offer PIPELINING as most real servers do (aiosmtpd reads pipelined commands in order anyway)."""
+        """Offer PIPELINING as most real servers do."""
         session.host_name = hostname
-        if not self.sink.pipelining:
-            return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return offering_pipelining(responses) if self.sink.pipelining else responses
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
