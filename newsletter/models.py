@@ -61,10 +61,12 @@ class _JSONB(TypeDecorator[object]):
 JSON_VALUE = JSON().with_variant(_JSONB(), "postgresql")
 
 
-# Rows are built by SQLAlchemy and SQLModel's table constructor, never validated by pydantic: each
-# table's validator and serializer are built on their first use (defer_build), not for every table
-# at each command's start.
-_DEFERRED = SQLModelConfig(defer_build=True)
+class TableModel(SQLModel):
+    """The base of every table. Rows are built by SQLAlchemy and SQLModel's table constructor, never
+    validated by pydantic: each table's validator and serializer are built on their first use
+    (defer_build), not for every table at each command's start."""
+
+    model_config = SQLModelConfig(defer_build=True)
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -100,8 +102,7 @@ def new_public_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-class Subscriber(SQLModel, table=True):
-    model_config = _DEFERRED
+class Subscriber(TableModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # Links name this, never the row ID: a deleted subscriber's link cannot reach whoever gets the number next.
     public_id: str = Field(
@@ -141,8 +142,7 @@ class Subscriber(SQLModel, table=True):
     updates: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, default=True, server_default=true()))
 
 
-class SubscriberKeyword(SQLModel, table=True):
-    model_config = _DEFERRED
+class SubscriberKeyword(TableModel, table=True):
     __tablename__ = "subscriber_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -154,10 +154,9 @@ class SubscriberKeyword(SQLModel, table=True):
     expression: str = Field(max_length=200)
 
 
-class PendingKeyword(SQLModel, table=True):
+class PendingKeyword(TableModel, table=True):
     """A keyword of a change that waits for the mailbox's confirmation."""
 
-    model_config = _DEFERRED
     __tablename__ = "pending_keyword"
     __table_args__ = (UniqueConstraint("subscriber_id", "position"),)
 
@@ -169,8 +168,7 @@ class PendingKeyword(SQLModel, table=True):
     expression: str = Field(max_length=200)
 
 
-class Paper(SQLModel, table=True):
-    model_config = _DEFERRED
+class Paper(TableModel, table=True):
     arxiv_id: str = Field(primary_key=True, max_length=40)
     version: int = 1
     title: str = Field(sa_column=Column(Text, nullable=False))
@@ -193,10 +191,9 @@ class AnnounceType(StrEnum):
     REPLACE = "replace"
 
 
-class Announcement(SQLModel, table=True):
+class Announcement(TableModel, table=True):
     """A paper named by the announcement feed on an announcement day."""
 
-    model_config = _DEFERRED
     day: dt.date = Field(primary_key=True)
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
@@ -204,8 +201,7 @@ class Announcement(SQLModel, table=True):
     announce_type: str = Field(max_length=16)
 
 
-class Translation(SQLModel, table=True):
-    model_config = _DEFERRED
+class Translation(TableModel, table=True):
     arxiv_id: str = Field(
         sa_column=Column(String(40), ForeignKey("paper.arxiv_id", ondelete="CASCADE"), primary_key=True)
     )
@@ -217,10 +213,9 @@ class Translation(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
-class TranslationRejection(SQLModel, table=True):
+class TranslationRejection(TableModel, table=True):
     """A paper's translation DeepL returned unusable (LaTeX placeholders lost or changed): never bought again."""
 
-    model_config = _DEFERRED
     __tablename__ = "translation_rejection"
 
     arxiv_id: str = Field(
@@ -252,10 +247,9 @@ class Stage(StrEnum):
     DELIVER = "deliver"
 
 
-class Run(SQLModel, table=True):
+class Run(TableModel, table=True):
     """One daily run per announcement day; its stages are rows of run_stage. Written by newsletter.runs."""
 
-    model_config = _DEFERRED
     id: int | None = Field(default=None, primary_key=True)
     day: dt.date = Field(sa_column_kwargs={"unique": True}, index=True)
     status: RunStatus = Field(default=RunStatus.RUNNING, sa_column=Column(String(24), nullable=False))
@@ -279,10 +273,9 @@ class Run(SQLModel, table=True):
     last_accepted_at: dt.datetime | None = None
 
 
-class RunStage(SQLModel, table=True):
+class RunStage(TableModel, table=True):
     """One stage of a day's run: when it ran and what it counted (NULL: not this stage's figure)."""
 
-    model_config = _DEFERRED
     __tablename__ = "run_stage"
     __table_args__ = (UniqueConstraint("run_id", "stage"),)
 
@@ -308,10 +301,9 @@ class RunStage(SQLModel, table=True):
     details: dict = Field(default_factory=dict, sa_column=Column(JSON_VALUE, nullable=False))
 
 
-class Selection(SQLModel, table=True):
+class Selection(TableModel, table=True):
     """A paper chosen for a subscriber on a day, under the first keyword that matched it."""
 
-    model_config = _DEFERRED
     # Composing digests reads a batch of subscribers' selections (migration 0009).
     __table_args__ = (Index("ix_selection_subscriber_day", "subscriber_id", "day"),)
 
@@ -347,10 +339,9 @@ def _period_of_row(context: DefaultExecutionContext) -> dt.date:
     return day
 
 
-class Delivery(SQLModel, table=True):
+class Delivery(TableModel, table=True):
     """One digest per subscriber per period (a day, or a weekly subscriber's week); claimed before sending."""
 
-    model_config = _DEFERRED
     __table_args__ = (UniqueConstraint("subscriber_id", "period", name="uq_delivery_subscriber_period"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -378,10 +369,9 @@ class Delivery(SQLModel, table=True):
     sent_at: dt.datetime | None = None
 
 
-class SentPaper(SQLModel, table=True):
+class SentPaper(TableModel, table=True):
     """A paper a subscriber has been mailed, so no later version or cross-list repeats it."""
 
-    model_config = _DEFERRED
     __tablename__ = "sent_paper"
 
     subscriber_id: int = Field(
@@ -401,10 +391,9 @@ class FeedbackVerdict(StrEnum):
     LESS = "less"  # "not for me"
 
 
-class PaperFeedback(SQLModel, table=True):
+class PaperFeedback(TableModel, table=True):
     """A subscriber's verdict on a paper they were sent; a later verdict on the same paper replaces it."""
 
-    model_config = _DEFERRED
     __tablename__ = "paper_feedback"
 
     subscriber_id: int = Field(
@@ -417,20 +406,18 @@ class PaperFeedback(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
-class AppSecret(SQLModel, table=True):
+class AppSecret(TableModel, table=True):
     """Secrets generated on first run (the link-signing key when none is configured)."""
 
-    model_config = _DEFERRED
     __tablename__ = "app_secret"
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=256)
 
 
-class DeepLUsage(SQLModel, table=True):
+class DeepLUsage(TableModel, table=True):
     """DeepL characters per UTC calendar day; a request reserves before it is sent, so no run overspends."""
 
-    model_config = _DEFERRED
     __tablename__ = "deepl_usage"
 
     day: dt.date = Field(primary_key=True)
@@ -439,10 +426,9 @@ class DeepLUsage(SQLModel, table=True):
     billed: int = 0
 
 
-class DeepLGlossary(SQLModel, table=True):
+class DeepLGlossary(TableModel, table=True):
     """The glossary uploaded to DeepL for a target language, re-created when its entries change."""
 
-    model_config = _DEFERRED
     __tablename__ = "deepl_glossary"
 
     target_language: str = Field(primary_key=True, max_length=16)
@@ -452,24 +438,22 @@ class DeepLGlossary(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
-class RateLimitSlot(SQLModel, table=True):
+class RateLimitSlot(TableModel, table=True):
     """The next free request slot of a rate-limited remote API (used when Redis is not there)."""
 
-    model_config = _DEFERRED
     __tablename__ = "rate_limit_slot"
 
     name: str = Field(primary_key=True, max_length=64)
     next_free: float = 0.0
 
 
-class HarvestTally(SQLModel, table=True):
+class HarvestTally(TableModel, table=True):
     """What the announcement feed listed for a day and how much of it the harvest stored (one row per day).
 
     announced_* count distinct IDs by their announce type; `stored` those now held with the API's
     details; the rest is named in harvest_gap (not returned, unparsed) or `replace_not_held`.
     """
 
-    model_config = _DEFERRED
     __tablename__ = "harvest_tally"
 
     day: dt.date = Field(primary_key=True)
@@ -486,10 +470,9 @@ class HarvestTally(SQLModel, table=True):
     recorded_at: dt.datetime = Field(default_factory=utcnow)
 
 
-class FeedCategoryCount(SQLModel, table=True):
+class FeedCategoryCount(TableModel, table=True):
     """Items the day's announcement feed listed per category and announce type."""
 
-    model_config = _DEFERRED
     __tablename__ = "feed_category_count"
 
     day: dt.date = Field(primary_key=True)
@@ -506,10 +489,9 @@ class GapKind(StrEnum):
     EMPTY_CATEGORY = "empty_category"  # a configured category with no item on an announcement day
 
 
-class HarvestGap(SQLModel, table=True):
+class HarvestGap(TableModel, table=True):
     """One named difference between what the feed announced and what the harvest stored."""
 
-    model_config = _DEFERRED
     __tablename__ = "harvest_gap"
 
     day: dt.date = Field(primary_key=True)
@@ -517,10 +499,9 @@ class HarvestGap(SQLModel, table=True):
     subject: str = Field(primary_key=True, max_length=200)
 
 
-class FeedValidator(SQLModel, table=True):
+class FeedValidator(TableModel, table=True):
     """The announcement feed's cache validators, so an unchanged feed costs one 304."""
 
-    model_config = _DEFERRED
     __tablename__ = "feed_validator"
 
     url: str = Field(primary_key=True, max_length=1000)
@@ -539,10 +520,9 @@ class AlertCause(StrEnum):
     DIGESTS_OWED = "digests_owed"
 
 
-class AdminAlert(SQLModel, table=True):
+class AdminAlert(TableModel, table=True):
     """An alert to the operator, inserted once per day and cause; mailed to NEWSLETTER_ADMIN_EMAIL."""
 
-    model_config = _DEFERRED
     __tablename__ = "admin_alert"
 
     day: dt.date = Field(primary_key=True)

@@ -471,6 +471,10 @@ def test_one_subscribe_loads_neither_the_harvest_nor_the_pipeline_nor_mail_nor_a
 def test_every_table_model_builds_its_pydantic_validator_only_when_first_used() -> None:
     from sqlmodel import SQLModel
 
-    tables = [model for model in SQLModel.__subclasses__() if model.model_config.get("table")]
+    from newsletter.models import TableModel
+
+    tables = [model for model in TableModel.__subclasses__() if model.model_config.get("table")]
+    # Every table derives from TableModel, none from SQLModel directly.
+    assert not [model for model in SQLModel.__subclasses__() if model.model_config.get("table")]
     assert len(tables) == len(SQLModel.metadata.tables)
     assert not [model.__name__ for model in tables if not model.model_config.get("defer_build")]
