@@ -8,7 +8,8 @@ DeepL server translates, and a counting aiosmtpd sink receives the mail. --subsc
 confirmed subscribers follow one or two of 200 topics. `celery -A workers.celery_app worker`
 runs with --workers pool processes on the machine's PostgreSQL and Redis (database 12), and
 `newsletter run-daily --via-celery` runs the day (its trigger polls the feed as beat's tick does).
-Printed: wall time per stage (from the run row) and in total, messages per second, that every
+Match and translate start on the feed's text while the harvest still fetches the API's details;
+the stage lines say so. Printed: wall time per stage (from the run row) and in total, messages per second, that every
 subscriber got exactly one digest, and the latency from the feed showing the day to the last
 digest accepted by the SMTP server (run row: feed_seen_at to last_accepted_at) plus beat's poll
 interval, beside today's 30-minute poll and the arXiv politeness floor for the API requests made.
@@ -263,6 +264,10 @@ def main() -> None:
               f"{args.papers} announced papers, arXiv delay {args.arxiv_delay} s")
         for stage in Stage:
             note = f" (papers scanned in {processes} processes)" if stage == Stage.MATCH else ""
+            row = stages.get(stage)
+            if stage in (Stage.MATCH, Stage.TRANSLATE) and row and run_row.harvested_at and row.finished_at:
+                if row.finished_at <= run_row.harvested_at:
+                    note += ", beside the harvest's API requests"
             print(f"  {stage:<10} {seconds.get(stage, 0):8.1f} s{note}")
         print(f"  {'run total':<10} {seconds.get('total', 0):8.1f} s (run row: first stage to last digest)")
         print(f"  {'wall':<10} {wall:8.1f} s (`newsletter run-daily --via-celery`, enqueue to exit)")

@@ -37,6 +37,7 @@ from newsletter.harvest import (
     last_harvested_before,
     read_feed,
     store_day,
+    store_feed_text,
 )
 from newsletter.harvest.records import PaperRecord
 from newsletter.harvest.store import Interest
@@ -54,7 +55,13 @@ from newsletter.models import (
 from newsletter.pacing import RequestPacer, shared_request_slots
 from newsletter.render import DigestRenderer
 from newsletter.tokens import LinkSigner, signing_key
-from newsletter.translate import TranslateResult, Translator, make_translator, translate_selected
+from newsletter.translate import (
+    TranslateResult,
+    Translator,
+    make_translator,
+    papers_to_translate,
+    translate_selected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +148,14 @@ def harvest_stage(
     day: dt.date | None = None,
     categories: Sequence[str] = (),
     interest: Interest | None = None,
+    text_ready: Callable[[dt.date], None] | None = None,
 ) -> HarvestOutcome:
     """Store the papers announced on `day` (default: the feed's day) and on missed days before it.
 
     Everything is fetched first and written in one transaction; a day stored already is never fetched
     again. Missed days are rebuilt from the API when `categories` are given; the outcome lists them.
+    With `text_ready`, the feed's day is first stored with the feed's own text (committed) and
+    `text_ready(day)` called, so later stages can start while the API's details are fetched.
     """
     if day is not None and is_harvested(session, day):
         return HarvestOutcome(day, skipped="already harvested")
@@ -154,6 +164,10 @@ def harvest_stage(
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
     target = day or current
+    if text_ready is not None and target is not None and target == current and not is_harvested(session, target):
+        store_feed_text(session, feed, categories)
+        session.commit()
+        text_ready(target)
     try:
         collected = _collect_days(session, transports, feed, target, categories, interest)
     except HarvestError as exc:
@@ -300,10 +314,11 @@ def harvest_day(
     day: dt.date | None,
     categories: Sequence[str] = (),
     interest: Interest | None = None,
+    text_ready: Callable[[dt.date], None] | None = None,
 ) -> HarvestOutcome:
     """Harvest the day (or the latest) and record it in its run; outcome.day is None when nothing was announced."""
     started = time.perf_counter()
-    outcome = harvest_stage(session, transports, day, categories, interest)
+    outcome = harvest_stage(session, transports, day, categories, interest, text_ready)
     if outcome.day is None:
         return outcome
     runs.claim_run(session, outcome.day)
@@ -338,6 +353,20 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
         session, day, Stage.TRANSLATE, time.perf_counter() - started, details, translated=translation.translated
     )
     return translation
+
+
+def translate_missing(session: Session, settings: Settings, translator: Translator | None, day: dt.date) -> None:
+    """Translate the day's selected papers that still lack a translation, before the fan-out.
+
+    A translation made from the feed's text is dropped when the API's text differs (store_day), which
+    can happen after the translate stage ran beside the harvest; this makes it again. A day that is
+    fully translated costs one query.
+    """
+    if translator is None or not papers_to_translate(session, day):
+        return
+    translation = translate_selected(session, day, translator, settings.deepl_daily_character_budget)
+    session.commit()
+    runs.add_billed_characters(session, day, translation.billed_characters)
 
 
 def _unfinished(day: dt.date, *statuses: DeliveryStatus) -> Select[int]:

@@ -113,10 +113,14 @@ def _set_counts(row: RunStage, counts: dict[str, int]) -> None:
 
 def mark_harvested(session: Session, day: dt.date, announced: int, details: dict[str, Any]) -> None:
     """Mark the day's papers stored and record its harvest counts, in the caller's transaction."""
-    run = session.scalars(select(Run).where(col(Run.day) == day)).first() or Run(day=day)
+    locked = select(Run).where(col(Run.day) == day).with_for_update().execution_options(populate_existing=True)
+    run = session.scalars(locked).first() or Run(day=day)
     now = utcnow()
     run.harvested_at = now
-    run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
+    # Match and translate run beside the harvest's details: a run one of them failed stays failed.
+    failed_beside = run.status == RunStatus.FAILED and run.failed_stage not in (None, Stage.HARVEST)
+    if not failed_beside:
+        run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
     session.add(run)
     session.flush()
     row = _stage_row(session, run, Stage.HARVEST)
@@ -335,6 +339,18 @@ def deliveries_enqueued(session: Session, day: dt.date) -> bool:
         .execution_options(populate_existing=True)
     )
     return enqueued is not None
+
+
+def ready_for_delivery(session: Session, day: dt.date) -> bool:
+    """Whether the open run has its papers stored with their details and translated, and no fan-out yet.
+
+    The harvest's details and the match and translate stages run side by side; whichever ends
+    last finds this true and queues the fan-out (both may: the fan-out runs once).
+    """
+    run = session.scalars(select(Run).where(col(Run.day) == day).execution_options(populate_existing=True)).first()
+    if run is None or run.status != RunStatus.RUNNING or run.harvested_at is None:
+        return False
+    return stage_finished(session, day, Stage.TRANSLATE) and not deliveries_enqueued(session, day)
 
 
 def stage_seconds(session: Session, run: Run) -> dict[str, float]:

@@ -476,3 +476,30 @@ def test_an_api_entry_with_an_unexpected_id_is_skipped_with_a_reason_and_the_fee
     paper = session.get(Paper, "2611.00002")
     assert (paper.details_source, paper.title) == ("feed", "Feed title")
     assert set(announced(session, THURSDAY)) == {"2611.00001", "2611.00002"}
+
+
+def test_with_text_ready_the_feeds_text_is_committed_before_the_api_is_asked_and_the_api_then_wins(
+    session: Session, engine, arxiv
+) -> None:  # type: ignore[no-untyped-def]
+    server, settings, transports = arxiv
+    feed_paper = make_paper("2611.00001", title="A feed title", abstract="The feed's words.", categories=["cs.LG"])
+    server.set_feed(CATEGORIES, build_feed(THURSDAY, [feed_paper]))
+    server.add_papers(make_paper("2611.00001", title="A feed title", abstract="The API's words.",
+                                 categories=["cs.LG"], comment="9 pages"))
+    seen: list[tuple[dt.date, list[tuple[str, str]], int, object]] = []
+
+    def text_ready(day: dt.date) -> None:
+        # Read from another connection: the feed's text must be committed, the day not yet harvested.
+        with Session(engine) as other:
+            papers = [tuple(row) for row in other.execute(select(Paper.abstract, Paper.details_source))]
+            harvested = other.scalars(select(Run.harvested_at).where(Run.day == day)).first()
+            seen.append((day, papers, len(server.api_requests), harvested))
+
+    outcome = harvest_stage(session, transports, None, CATEGORIES, text_ready=text_ready)
+
+    assert outcome.day == THURSDAY
+    assert seen == [(THURSDAY, [("The feed's words.", "feed")], 0, None)]
+    paper = session.get(Paper, "2611.00001", populate_existing=True)
+    assert paper is not None
+    assert (paper.abstract, paper.comment, paper.details_source) == ("The API's words.", "9 pages", "api")
+    assert announced(session, THURSDAY) == {"2611.00001": "new"}

@@ -4,6 +4,7 @@ the real Redis and PostgreSQL, local arXiv and DeepL servers and an aiosmtpd sin
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from newsletter.models import DeliveryStatus, Run, RunStatus, Stage
-from newsletter.runs import stage_rows, stage_seconds
+from newsletter.runs import stage_finished, stage_rows, stage_seconds
 from tests.conftest import inserts_refused
-from tests.servers import DeepLServer, SmtpSink
+from tests.servers import ArxivServer, DeepLServer, SmtpSink, make_paper
 from tests.workers_support import (  # noqa: F401 - the fixtures are used by name
     BIN,
     DAY,
@@ -28,6 +29,7 @@ from tests.workers_support import (  # noqa: F401 - the fixtures are used by nam
     redis_url_fixture,
     service_env_fixture,
     subscribers_fixture,
+    wait_until,
     workers_fixture,
 )
 
@@ -75,6 +77,55 @@ def test_a_day_run_through_the_workers_mails_every_subscriber_once(
     assert status.returncode == 0, status.stderr
     assert f"sent {SUBSCRIBERS}, failed 0" in status.stdout
     assert "seconds: harvest" in status.stdout and "deliver" in status.stdout
+
+
+def test_match_and_translate_run_while_the_api_is_slow_and_the_mail_waits_for_its_details(
+    workers: Workers,
+    service_env: dict[str, str],
+    tmp_path: Path,
+    pg_engine: Engine,
+    subscribers: list[str],
+    announced_day: list[str],
+    arxiv_server: ArxivServer,
+    smtp_sink: SmtpSink,
+    deepl_server: DeepLServer,
+) -> None:
+    # The API's words for paper 1 differ from the feed's, and only the API knows its comment.
+    api_abstract = "We revisit problem 1 with the words the API returns."
+    arxiv_server.add_papers(make_paper(
+        "2611.00001", title=announced_day[0], abstract=api_abstract, categories=["cs.AI", "cs.LG"],
+        comment="12 pages, from the API",
+    ))
+    released = threading.Event()
+    arxiv_server.hold_next(1, until=released, seconds=90, path_prefix="/api")
+    workers.start("worker-a", NEWSLETTER_ARXIV_TIMEOUT_SECONDS="120")
+
+    run = newsletter(service_env, tmp_path, "run-daily", "--via-celery", "--date", "2026-11-24")
+    try:
+        def translated() -> bool:
+            with Session(pg_engine) as session:
+                return stage_finished(session, DAY, Stage.TRANSLATE)
+
+        wait_until(translated, 60, "the translate stage to end while the API's reply is held")
+        # Nothing goes out before the details are in.
+        assert smtp_sink.messages == []
+        with Session(pg_engine) as session:
+            assert session.scalars(select(Run.harvested_at).where(Run.day == DAY)).one() is None
+    finally:
+        released.set()
+    code, stdout, stderr = finish(run)
+
+    assert code == 0, stderr
+    assert "2026-11-24: completed" in stdout
+    assert digests_per_address(smtp_sink) == Counter({email: 1 for email in subscribers})
+    html = smtp_sink.messages_to("reader001@example.org")[0].message.get_body(("html",)).get_content()
+    assert api_abstract in html and "12 pages, from the API" in html
+    assert "We study the problem posed by 2611.00001." not in html
+    # Its translation was made again from the API's words, after the one from the feed's was dropped.
+    sent_to_deepl = [text for request in deepl_server.requests for text in request.texts]
+    assert any("We study the problem posed by 2611.00001." in text for text in sent_to_deepl)
+    assert any("We revisit problem 1" in text for text in sent_to_deepl)
+    assert html.count("revisit problem 1") == 2
 
 
 def test_two_run_daily_commands_at_once_send_each_digest_once(

@@ -1,7 +1,8 @@
 """Celery tasks: thin wrappers that take dates and IDs, open a session and call one pipeline function.
 
-A day runs as a chain of one task per Stage, in Stage's order (harvest, match, translate, and
-fan_out for deliver), and fan_out enqueues one send_digests task per chunk of recipients.
+A day starts with its harvest task. Once the feed's text is stored, the harvest queues match and
+translate (one chain) and goes on fetching the API's details beside them; whichever of the two
+ends last queues fan_out (deliver), which enqueues one send_digests task per chunk of recipients.
 Every task is idempotent (the run ledger and the delivery claims record what is done),
 acknowledged late and retried with jittered backoff on errors that pass (database or Redis
 unreachable, arXiv down).
@@ -39,9 +40,18 @@ from newsletter.pipeline import (
     match_day,
     production_transports,
     translate_day,
+    translate_missing,
 )
 from newsletter.render import DigestRenderer
-from newsletter.runs import deliveries_enqueued, end_run, fail_run, mark_enqueued, run_is_open, stage_finished
+from newsletter.runs import (
+    deliveries_enqueued,
+    end_run,
+    fail_run,
+    mark_enqueued,
+    ready_for_delivery,
+    run_is_open,
+    stage_finished,
+)
 from workers.celery_app import app, settings
 from workers.schedule import POLL_TASK, in_poll_window
 from workers.trigger import StartedDay, day_lock, redis_client, start_day
@@ -88,8 +98,8 @@ def day_session(day: str) -> Iterator[tuple[Session, dt.date]]:
 
 
 @contextmanager
-def locked_day(day: dt.date, seconds: float) -> Iterator[None]:
-    with day_lock(redis_client(settings), day, seconds):
+def locked_day(day: dt.date, seconds: float, kind: str = "day") -> Iterator[None]:
+    with day_lock(redis_client(settings), day, seconds, kind):
         yield
 
 
@@ -114,18 +124,29 @@ def renderer() -> DigestRenderer:
     time_limit=1900,
 )
 def harvest(day: str) -> str:
-    """Harvest the announcement day into the database."""
-    with day_session(day) as (session, date), locked_day(date, 1900):
+    """Harvest the announcement day; match and translate start once the feed's text is stored."""
+    text_queued: list[dt.date] = []
+
+    def start_text_stages(date: dt.date) -> None:
+        text_stages(date).apply_async()
+        text_queued.append(date)
+
+    with day_session(day) as (session, date), locked_day(date, 1900, kind="harvest"):
         if not run_is_open(session, date):
             return "skipped: the run ended"
         interest = details_interest(session, settings)
-        harvest = harvest_day(session, production_transports(settings), date, settings.categories, interest)
+        harvest = harvest_day(
+            session, production_transports(settings), date, settings.categories, interest, start_text_stages
+        )
         if harvest.day is None:
             end_run(session, date, RunStatus.NO_ANNOUNCEMENT, "the feed shows no announcement")
             return "no announcement"
+        if not text_queued:
+            start_text_stages(date)
+        queue_delivery_when_ready(session, date)
     # Days missed while the service was down were harvested too; each gets its own digests.
     for missed in harvest.caught_up:
-        day_chain(missed, after=Stage.HARVEST).apply_async()
+        text_stages(missed).apply_async()
     return "harvested"
 
 
@@ -147,9 +168,18 @@ def match(day: str) -> str:
 def translate(day: str) -> str:
     """Translate the day's selected papers (DeepL, cached per paper and language)."""
     with day_session(day) as (session, date), locked_day(date, 1900):
-        if not stage_pending(session, date, Stage.TRANSLATE):
-            return "skipped"
-        return f"{translate_day(session, settings, production_transports(settings).translator, date).translated}"
+        if stage_pending(session, date, Stage.TRANSLATE):
+            done = f"{translate_day(session, settings, production_transports(settings).translator, date).translated}"
+        else:
+            done = "skipped"
+        queue_delivery_when_ready(session, date)
+        return done
+
+
+def queue_delivery_when_ready(session: Session, date: dt.date) -> None:
+    """Queue the fan-out once the day has both its details (harvest) and its translations."""
+    if ready_for_delivery(session, date):
+        fan_out.delay(date.isoformat())
 
 
 @app.task(base=DayTask, name="newsletter.fan_out", stage=Stage.DELIVER, soft_time_limit=300, time_limit=360)
@@ -158,6 +188,7 @@ def fan_out(day: str) -> int:
     with day_session(day) as (session, date), locked_day(date, 360):
         if not run_is_open(session, date) or deliveries_enqueued(session, date):
             return 0
+        translate_missing(session, settings, production_transports(settings).translator, date)
         chunks = delivery_chunks(session, date, settings.delivery_chunk_size)
         for chunk in chunks:
             send_digests.delay(day, chunk)
@@ -191,22 +222,15 @@ def send_digests(self: Task, day: str, subscriber_ids: list[int]) -> dict:
     return {"sent": result.sent, "failed": result.failed, "skipped": result.skipped}
 
 
-# The task that starts each stage (deliver's fan-out enqueues the send tasks).
-STAGE_TASKS: dict[Stage, Any] = {Stage.HARVEST: harvest, Stage.MATCH: match, Stage.TRANSLATE: translate,
-                                 Stage.DELIVER: fan_out}
-
-
-def day_chain(day: dt.date | str, after: Stage | None = None) -> Any:
-    """The day's stage tasks as one chain, in Stage order (from the stage after `after`)."""
+def text_stages(day: dt.date | str) -> Any:
+    """Match then translate the day, as one chain; the translate task queues the fan-out when it may."""
     iso = day if isinstance(day, str) else day.isoformat()
-    stages = list(Stage)
-    first = stages.index(after) + 1 if after is not None else 0
-    return chain(*(STAGE_TASKS[stage].si(iso) for stage in stages[first:]))
+    return chain(match.si(iso), translate.si(iso))
 
 
 def enqueue_day(day: dt.date) -> None:
-    """Queue the day's chain of stage tasks."""
-    day_chain(day).apply_async()
+    """Queue the day's harvest; it queues the later stages."""
+    harvest.delay(day.isoformat())
 
 
 @app.task(

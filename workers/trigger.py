@@ -26,10 +26,14 @@ def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 
-def day_lock(client: redis.Redis, day: dt.date, seconds: float) -> Lock:
-    """The lock stage tasks of one day hold, so a redelivered duplicate waits instead of racing."""
+def day_lock(client: redis.Redis, day: dt.date, seconds: float, kind: str = "day") -> Lock:
+    """The lock stage tasks of one day hold, so a redelivered duplicate waits instead of racing.
+
+    The harvest holds a lock of its own `kind`: match and translate run while it fetches details.
+    """
     # redis-py leaves Redis.lock unannotated; it returns a redis.lock.Lock unless given another lock_class.
-    return cast(Lock, client.lock(f"newsletter:lock:day:{day.isoformat()}", timeout=seconds, blocking_timeout=seconds))
+    name = f"newsletter:lock:{kind}:{day.isoformat()}"
+    return cast(Lock, client.lock(name, timeout=seconds, blocking_timeout=seconds))
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from newsletter.harvest.store import (
     is_harvested,
     last_harvested_before,
     store_day,
+    store_feed_text,
     upsert_paper,
     upsert_papers,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "record_from_result",
     "split_arxiv_id",
     "store_day",
+    "store_feed_text",
     "submission_window",
     "upsert_paper",
     "upsert_papers",

@@ -25,6 +25,7 @@ from newsletter.models import (
     HarvestTally,
     Paper,
     Run,
+    Translation,
     table_of,
     utcnow,
 )
@@ -129,18 +130,10 @@ def _worth_fetching(
     return chosen, [arxiv_id for arxiv_id in wanted if arxiv_id not in set(chosen)]
 
 
-def collect_feed_day(
-    session: Session,
-    feed: AnnouncementFeed,
-    details_source: DetailsSource,
-    categories: Sequence[str] = (),
-    interest: Interest | None = None,
-) -> DayHarvest:
-    """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing).
-
-    `categories` are the configured ones: one the feed lists nothing in is named as a gap. With
-    `interest`, details are fetched only for the papers it names, when that takes fewer requests.
-    """
+def _plan_feed_day(
+    session: Session, feed: AnnouncementFeed, categories: Sequence[str]
+) -> tuple[DayHarvest, list[str], dict[str, FeedItem]]:
+    """The day's tally, the IDs whose details are wanted (not held at this version from the API), and the items."""
     assert feed.day is not None
     harvest = DayHarvest(day=feed.day, skipped=list(feed.skipped))
     latest = _tally_feed(harvest, feed, categories)
@@ -159,6 +152,22 @@ def collect_feed_day(
             wanted.append(arxiv_id)
         else:
             harvest.stored += 1  # held already, at this version, with the API's details
+    return harvest, wanted, latest
+
+
+def collect_feed_day(
+    session: Session,
+    feed: AnnouncementFeed,
+    details_source: DetailsSource,
+    categories: Sequence[str] = (),
+    interest: Interest | None = None,
+) -> DayHarvest:
+    """The day's announcements and fresh details for what is not stored yet (reads the DB, writes nothing).
+
+    `categories` are the configured ones: one the feed lists nothing in is named as a gap. With
+    `interest`, details are fetched only for the papers it names, when that takes fewer requests.
+    """
+    harvest, wanted, latest = _plan_feed_day(session, feed, categories)
     if interest is not None and wanted:
         wanted, harvest.details_skipped = _worth_fetching(wanted, latest, harvest.announcements, interest)
         harvest.records += [latest[arxiv_id].record for arxiv_id in harvest.details_skipped]
@@ -175,6 +184,17 @@ def collect_feed_day(
     if harvest.from_feed_only:
         log.warning("arXiv API did not return %s; storing the feed's own fields", harvest.from_feed_only)
     return harvest
+
+
+def store_feed_text(session: Session, feed: AnnouncementFeed, categories: Sequence[str] = ()) -> None:
+    """Store the day's announcements, with the feed's own text for papers not held yet (caller commits).
+
+    The feed carries title, abstract, authors and categories, so matching and translating can start
+    on them while the API's details are fetched; only store_day marks the day harvested.
+    """
+    harvest, wanted, latest = _plan_feed_day(session, feed, categories)
+    upsert_papers(session, [latest[arxiv_id].record for arxiv_id in wanted])
+    _insert_announcements(session, harvest)
 
 
 def collect_missed_days(
@@ -281,17 +301,48 @@ def upsert_paper(session: Session, record: PaperRecord) -> Paper:
 
 def store_day(session: Session, harvest: DayHarvest) -> None:
     """Write a collected day: papers, announcements and the day's run row marked harvested (caller commits)."""
+    drop_translations_of_changed_text(session, harvest.records)
     upsert_papers(session, harvest.records)
-    if harvest.announcements:
-        rows = [
-            {"day": harvest.day, "arxiv_id": arxiv_id, "announce_type": str(kind)}
-            for arxiv_id, kind in harvest.announcements.items()
-        ]
-        statement = _insert_for(session)(table_of(Announcement)).on_conflict_do_nothing()
-        session.execute(statement, rows)
+    _insert_announcements(session, harvest)
     details = {key: value for key, value in harvest.stats().items() if key != "announced"}
     mark_harvested(session, harvest.day, len(harvest.announcements), details)
     record_completeness(session, harvest)
+
+
+def _insert_announcements(session: Session, harvest: DayHarvest) -> None:
+    if not harvest.announcements:
+        return
+    rows = [
+        {"day": harvest.day, "arxiv_id": arxiv_id, "announce_type": str(kind)}
+        for arxiv_id, kind in harvest.announcements.items()
+    ]
+    session.execute(_insert_for(session)(table_of(Announcement)).on_conflict_do_nothing(), rows)
+
+
+def drop_translations_of_changed_text(session: Session, records: Sequence[PaperRecord]) -> list[str]:
+    """Delete the translations of papers held with the feed's text whose API title or abstract differs.
+
+    Such a translation was made from the feed's words while the details were fetched; the digest
+    shows the API's, so the paper is translated again (the fan-out does it) rather than mismatched.
+    """
+    incoming = {record.arxiv_id: record for record in records if record.details_source == "api"}
+    ids = list(incoming)
+    changed: list[str] = []
+    for start in range(0, len(ids), 1000):
+        rows = session.execute(
+            select(col(Paper.arxiv_id), col(Paper.version), col(Paper.title), col(Paper.abstract)).where(
+                col(Paper.arxiv_id).in_(ids[start:start + 1000]), col(Paper.details_source) != "api"
+            )
+        )
+        for arxiv_id, version, title, abstract in rows:
+            record = incoming[arxiv_id]
+            if record.version >= version and (record.title, record.abstract) != (title, abstract):
+                changed.append(arxiv_id)
+    for start in range(0, len(changed), 1000):
+        session.execute(delete(Translation).where(col(Translation.arxiv_id).in_(changed[start:start + 1000])))
+    if changed:
+        log.info("the API's text differs from the feed's for %s; their translations are made again", changed)
+    return changed
 
 
 def _gap_subjects(harvest: DayHarvest) -> dict[GapKind, list[str]]:

@@ -53,6 +53,7 @@ class _Fault:
     fraction: float = 0.5
     drop_connection: bool = False
     skip: int = 0
+    gate: threading.Event | None = None  # a delay that ends early once the test sets it
 
     def matches(self, path: str) -> bool:
         """Tell whether this fault applies to a request path."""
@@ -245,6 +246,12 @@ class FakeHTTPServer(Generic[RecordT]):
         """Sleep `seconds` before answering n matching requests (after `after` pass)."""
         self._add_fault(_Fault("delay", n, path_prefix, seconds=seconds, skip=after))
 
+    def hold_next(
+        self, n: int, until: threading.Event, seconds: float = 60.0, *, path_prefix: str | None = None
+    ) -> None:
+        """Hold n matching requests unanswered until the test sets `until` (or `seconds` pass)."""
+        self._add_fault(_Fault("delay", n, path_prefix, seconds=seconds, gate=until))
+
     def clear_faults(self) -> None:
         """Forget every pending programmed fault."""
         with self._lock:
@@ -262,9 +269,10 @@ class FakeHTTPServer(Generic[RecordT]):
             with self._lock:
                 self._faults.append(fault)
 
-    def _take_faults(self, path: str) -> tuple[float, _Fault | None]:
-        """Consume the delay and the first answer-changing fault matching path."""
+    def _take_faults(self, path: str) -> tuple[float, _Fault | None, threading.Event]:
+        """Consume the delay (and the event that may end it) and the first answer-changing fault matching path."""
         delay = 0.0
+        gate = self._stopping
         answer: _Fault | None = None
         with self._lock:
             for fault in self._faults:
@@ -275,13 +283,13 @@ class FakeHTTPServer(Generic[RecordT]):
                     continue
                 if fault.kind == "delay":
                     if delay == 0.0:
-                        delay = fault.seconds
+                        delay, gate = fault.seconds, fault.gate or self._stopping
                         fault.remaining -= 1
                 elif answer is None:
                     answer = fault
                     fault.remaining -= 1
             self._faults = [f for f in self._faults if f.remaining > 0]
-        return delay, answer
+        return delay, answer, gate
 
     # request flow --------------------------------------------------------------
 
@@ -290,8 +298,8 @@ class FakeHTTPServer(Generic[RecordT]):
         record = self._record(request)
         with self._lock:
             self.requests.append(record)
-        delay, fault = self._take_faults(request.path)
-        if delay > 0 and self._stopping.wait(delay):
+        delay, fault, gate = self._take_faults(request.path)
+        if delay > 0 and gate.wait(delay) and self._stopping.is_set():
             return None
         if fault is not None and fault.kind == "respond" and fault.response is not None:
             r = fault.response
