@@ -158,6 +158,34 @@ def test_a_failed_stage_is_recorded_with_its_reason_and_a_second_run_takes_the_d
     assert run is not None and (run.status, run.failed_stage, run.reason) == (RunStatus.RUNNING, None, None)
 
 
+def test_a_run_that_failed_in_match_beside_the_harvest_stays_failed_when_the_details_are_stored(
+    session: Session,
+) -> None:
+    runs.claim_run(session, DAY)
+    runs.fail_run(session, DAY, "match failed: OperationalError: disk full", Stage.MATCH)
+
+    runs.mark_harvested(session, DAY, 12, {"source": "feed"})
+    session.commit()
+
+    run = runs.find_run(session, DAY)
+    assert run is not None and run.harvested_at is not None
+    assert (run.status, run.failed_stage) == (RunStatus.FAILED, Stage.MATCH)
+    assert not runs.ready_for_delivery(session, DAY)
+
+
+def test_the_fan_out_waits_for_both_the_details_and_the_translations(session: Session) -> None:
+    runs.claim_run(session, DAY)
+    runs.record_stage(session, DAY, Stage.TRANSLATE, 0.1, translated=3)
+    assert not runs.ready_for_delivery(session, DAY)  # translated, details not in yet
+
+    runs.mark_harvested(session, DAY, 12, {"source": "feed"})
+    session.commit()
+    assert runs.ready_for_delivery(session, DAY)
+
+    runs.mark_enqueued(session, DAY)
+    assert not runs.ready_for_delivery(session, DAY)
+
+
 def test_a_run_with_no_match_completes_saying_so(session: Session) -> None:
     runs.claim_run(session, DAY)
     runs.record_stage(session, DAY, Stage.MATCH, 0.1, selections=0)
