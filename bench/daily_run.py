@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker pool processes")
     parser.add_argument("--arxiv-delay", type=float, default=3.0, help="seconds between arXiv API pages")
     parser.add_argument("--naive-sample", type=int, default=300)
+    parser.add_argument("--pool", type=int, help="NEWSLETTER_SMTP_POOL_SIZE (default: the production default)")
     args = parser.parse_args()
     rng = random.Random(7)
 
@@ -222,6 +223,8 @@ def main() -> None:
                 NEWSLETTER_SMTP_MAX_PER_SECOND="100000",
                 NEWSLETTER_SECRET_KEY="bench-secret-key-0123456789",
             )
+            if args.pool:
+                env["NEWSLETTER_SMTP_POOL_SIZE"] = str(args.pool)
             workers = subprocess.Popen(
                 [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-l", "WARNING",
                  "--pool=prefork", f"--concurrency={args.workers}", "-n", "bench@%h"],
