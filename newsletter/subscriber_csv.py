@@ -387,7 +387,8 @@ def _insert(session: Session, new: list[dict[str, Any]]) -> None:
         return
     now = utcnow()
     # One multi-row INSERT ... RETURNING per table (the ORM would add them one by one), on the Core
-    # tables: the ORM's bulk insert costs more than the statements themselves, for the same ones.
+    # tables: the ORM's bulk insert costs more than the statements themselves, for the same ones. The
+    # new IDs come back with their addresses: asked for in the rows' order, SQLite would insert row by row.
     subscriber_rows = [
         {
             **{column.key: _or_new(values[column.key], column) for column in COLUMNS if column.attribute},
@@ -400,12 +401,11 @@ def _insert(session: Session, new: list[dict[str, Any]]) -> None:
         for values in new
     ]
     subscribers = table_of(Subscriber)
-    ids = session.scalars(
-        insert(subscribers).returning(subscribers.c.id, sort_by_parameter_order=True), subscriber_rows
-    ).all()
+    inserted = session.execute(insert(subscribers).returning(subscribers.c.email, subscribers.c.id), subscriber_rows)
+    ids: dict[str, int] = dict(inserted.all())
     keyword_rows = [
-        {"subscriber_id": subscriber_id, "position": position, "expression": keyword}
-        for subscriber_id, values in zip(ids, new, strict=True)
+        {"subscriber_id": ids[values["email"]], "position": position, "expression": keyword}
+        for values in new
         for position, keyword in enumerate(values["keywords"])
     ]
     session.execute(insert(table_of(SubscriberKeyword)), keyword_rows)
