@@ -184,7 +184,7 @@ def subscribe(
 ) -> None:
     """Add or update a subscriber; a new one is mailed a confirmation link unless --confirmed."""
     from newsletter.db import session_scope
-    from newsletter.models import SubscriberStatus
+    from newsletter.subscriber_tables import SubscriberStatus
     from newsletter.subscribers import DigestChoices
     from newsletter.subscribers import subscribe as add_subscriber
 

@@ -18,8 +18,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from newsletter.config import Settings
-from newsletter.models import DigestFrequency, Subscriber, SubscriberKeyword, SubscriberStatus, table_of, utcnow
 from newsletter.periods import parse_frequency, parse_weekday, weekday_name
+from newsletter.subscriber_tables import (
+    DigestFrequency,
+    Subscriber,
+    SubscriberKeyword,
+    SubscriberStatus,
+    table_of,
+    utcnow,
+)
 from newsletter.subscribers import LEFT, SubscriptionError, confirm, replace_keywords, validate
 
 # Rows checked and written together: one round trip per table per batch.
