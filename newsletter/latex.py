@@ -24,9 +24,8 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from xml.sax.saxutils import escape
-
-from unicodeit import data as unicode_tables
+from html import escape
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +135,10 @@ def protect_latex(text: str) -> tuple[str, list[str]]:
             continue
         last = 0
         for invalid in _NOT_XML.finditer(span.text):
-            parts.append(escape(span.text[last : invalid.start()]))
+            parts.append(escape(span.text[last : invalid.start()], quote=False))
             hide(invalid.group())
             last = invalid.end()
-        parts.append(escape(span.text[last:]))
+        parts.append(escape(span.text[last:], quote=False))
     return "".join(parts), hidden
 
 
@@ -205,7 +204,7 @@ _SIMPLE_NAME = re.compile(r"\\[A-Za-z]+")
 _FONT_ENTRY = re.compile(r"\\(math[a-z]+)\{\\?([A-Za-z0-9]+)\}")
 
 
-def _symbol_table() -> dict[str, str]:
+def _symbol_table(unicode_tables: ModuleType) -> dict[str, str]:
     symbols = {name[1:]: char for name, char in unicode_tables.REPLACEMENTS if _SIMPLE_NAME.fullmatch(name)}
     symbols.update(
         {
@@ -222,7 +221,7 @@ def _symbol_table() -> dict[str, str]:
     return symbols
 
 
-def _font_tables() -> dict[str, dict[str, str]]:
+def _font_tables(unicode_tables: ModuleType) -> dict[str, dict[str, str]]:
     fonts: dict[str, dict[str, str]] = {}
     for name, char in unicode_tables.REPLACEMENTS:
         entry = _FONT_ENTRY.fullmatch(name)
@@ -233,7 +232,7 @@ def _font_tables() -> dict[str, dict[str, str]]:
     return fonts
 
 
-def _script_tables() -> tuple[dict[str, str], dict[str, str]]:
+def _script_tables(unicode_tables: ModuleType) -> tuple[dict[str, str], dict[str, str]]:
     superscripts: dict[str, str] = {}
     subscripts: dict[str, str] = {}
     for name, char in unicode_tables.SUBSUPERSCRIPTS:
@@ -241,11 +240,27 @@ def _script_tables() -> tuple[dict[str, str], dict[str, str]]:
     return superscripts, subscripts
 
 
-_SYMBOLS = _symbol_table()
-_FONTS = _font_tables()
-_SUPERSCRIPTS, _SUBSCRIPTS = _script_tables()
-_COMBINING = {name[1:]: mark for name, mark in unicode_tables.COMBININGMARKS}
-_COMBINING.update({"widehat": "\u0302", "widetilde": "\u0303", "check": "\u030c", "mathring": "\u030a"})
+@dataclass(frozen=True)
+class _Tables:
+    symbols: dict[str, str]
+    fonts: dict[str, dict[str, str]]
+    superscripts: dict[str, str]
+    subscripts: dict[str, str]
+    combining: dict[str, str]
+
+
+@lru_cache(maxsize=1)
+def _tables() -> _Tables:
+    # Built on the first LaTeX rendered, not at import: plain text asks only `has_latex` (folding does,
+    # for every keyword a `newsletter subscribe` checks), which must not pay for unicodeit's tables.
+    from unicodeit import data as unicode_tables
+
+    superscripts, subscripts = _script_tables(unicode_tables)
+    combining = {name[1:]: mark for name, mark in unicode_tables.COMBININGMARKS}
+    combining.update({"widehat": "\u0302", "widetilde": "\u0303", "check": "\u030c", "mathring": "\u030a"})
+    return _Tables(_symbol_table(unicode_tables), _font_tables(unicode_tables), superscripts, subscripts, combining)
+
+
 # Text-mode accents: \"o, \'{e}, \v{c}, \c{c}.
 _TEXT_ACCENTS = {
     '"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307",
@@ -351,7 +366,7 @@ def _render_command(source: str) -> str:
         return unicodedata.normalize("NFC", args[0] + _TEXT_ACCENTS[name]) if args[0] else ""
     if not args:
         # A bare symbol reads as itself; a bare \frac or \sqrt (its braces unbalanced) stays as typed.
-        return _SYMBOLS.get(name) or (" " if name in _SPACES else source)
+        return _tables().symbols.get(name) or (" " if name in _SPACES else source)
     # Math written without its dollars (\sqrt{x}, \frac{a}{b}, \mathbb{R}) reads as math.
     rendered = render_math(source)
     return rendered if "\\" not in rendered else source
@@ -481,7 +496,7 @@ class _MathReader:
 
     def script(self, marker: str, depth: int) -> _Script:
         body = self.argument(depth).replace(" ", "")
-        table = _SUPERSCRIPTS if marker == "^" else _SUBSCRIPTS
+        table = _tables().superscripts if marker == "^" else _tables().subscripts
         if body and all(char in table for char in body):
             return _Script("".join(table[char] for char in body))
         if len(body) <= 1 or body.isalnum():
@@ -528,14 +543,15 @@ class _MathReader:
             return [f"C({self.argument(depth)}, {self.argument(depth)})"]
         if name == "sqrt":
             return [_root(self.optional(depth), self.argument(depth))]
-        if name in _COMBINING:
-            return [_accented(self.argument(depth), _COMBINING[name])]
-        if name in _FONTS:
-            return [_in_font(self.argument(depth), _FONTS[name])]
+        tables = _tables()
+        if name in tables.combining:
+            return [_accented(self.argument(depth), tables.combining[name])]
+        if name in tables.fonts:
+            return [_in_font(self.argument(depth), tables.fonts[name])]
         if name in _PLAIN_FONTS or name in _STYLES:
             return [latex_to_unicode(self._raw_group())]
-        if name in _SYMBOLS:
-            symbol = _SYMBOLS[name]
+        if name in tables.symbols:
+            symbol = tables.symbols[name]
             if name == "colon":
                 return [":", _SPACE]
             return [_SPACE, symbol, _SPACE] if symbol in _RELATIONS else [symbol]
@@ -569,7 +585,7 @@ def _fraction(numerator: str, denominator: str) -> str:
 
 
 def _root(degree: str, body: str) -> str:
-    sign = _ROOTS.get(degree) or "".join(_SUPERSCRIPTS.get(char, char) for char in degree) + "√"
+    sign = _ROOTS.get(degree) or "".join(_tables().superscripts.get(char, char) for char in degree) + "√"
     return sign + (f"({body})" if _needs_parentheses(body) else body)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Date, and_, case, exists, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from newsletter.models import DigestFrequency, Run, Subscriber
+from newsletter.subscriber_tables import DigestFrequency, Subscriber
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # How far back a matched paper that was never mailed is still carried into a digest: a week and the
@@ -76,6 +76,10 @@ def period_column(day: dt.date) -> ColumnElement[dt.date]:
 
 def due_clause(day: dt.date) -> ColumnElement[bool]:
     """SQL: the subscriber's digest is due on `day` (see is_due; a harvested run is an announcement day)."""
+    # Here, not at the top: the subscriber service parses frequencies and weekdays with this module,
+    # and a `newsletter subscribe` builds only the subscriber tables.
+    from newsletter.models import Run
+
     earlier_in_period = exists(
         select(col(Run.day)).where(
             col(Run.harvested_at).is_not(None), col(Run.day) >= period_column(day), col(Run.day) < day

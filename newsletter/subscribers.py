@@ -21,8 +21,15 @@ from sqlmodel import Session, col
 
 from newsletter.config import Settings, get_settings
 from newsletter.keywords import MAX_KEYWORDS, KeywordSyntaxError, parse_keyword
-from newsletter.models import PendingKeyword, Subscriber, SubscriberKeyword, SubscriberStatus, table_of, utcnow
 from newsletter.periods import parse_frequency, parse_weekday
+from newsletter.subscriber_tables import (
+    PendingKeyword,
+    Subscriber,
+    SubscriberKeyword,
+    SubscriberStatus,
+    table_of,
+    utcnow,
+)
 from newsletter.tokens import InvalidToken, LinkSigner, Purpose, TokenClaims
 
 if TYPE_CHECKING:  # the CLI's `subscribe` should not load the mail transports

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.models import AppSecret
+from newsletter.subscriber_tables import AppSecret
 
 _SECRET_NAME = "link_signing_key"
 

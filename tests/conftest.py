@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
+from newsletter import models  # noqa: F401  (every table in SQLModel.metadata, which truncate_all empties)
 from newsletter.config import Settings
 from newsletter.db import make_engine
 from newsletter.schema import upgrade_schema

@@ -459,11 +459,11 @@ def test_one_subscribe_loads_neither_the_harvest_nor_the_pipeline_nor_mail_nor_a
              "alembic", "rich.progress")
     assert not {name for name in loaded if name.startswith(heavy)}
     # Nor what a keyword check, a SQLite database, settings left at their defaults and no mail never
-    # use: the matching engine and highlighter, the LaTeX tables (no LaTeX in the keyword), the
-    # PostgreSQL dialect, the rate-limit parser, the account mails.
+    # use: the matching engine and highlighter, unicodeit's LaTeX tables (no LaTeX in the keyword), the
+    # PostgreSQL dialect, the rate-limit parser, the account mails, the tables beyond the subscriber ones.
     unused = ("newsletter.keywords.engine", "newsletter.keywords.parallel", "newsletter.keywords.highlight",
-              "ahocorasick_rs", "newsletter.latex", "unicodeit", "sqlalchemy.dialects.postgresql", "limits",
-              "newsletter.account_mail")
+              "ahocorasick_rs", "unicodeit", "sqlalchemy.dialects.postgresql", "limits",
+              "newsletter.account_mail", "newsletter.models")
     assert not {name for name in loaded if name.startswith(unused)}
     assert {"newsletter.subscribers", "newsletter.keywords.syntax"} <= loaded
 

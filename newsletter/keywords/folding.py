@@ -30,6 +30,8 @@ from functools import lru_cache
 from itertools import accumulate, compress, repeat
 from typing import NamedTuple
 
+from newsletter.latex import has_latex, latex_to_unicode
+
 # Letters a whitespace-split piece of a keyword word must keep on each side ("data set").
 MIN_SPLIT_PIECE = 3
 
@@ -69,17 +71,9 @@ def _fold_plain(text: str) -> str:
     return unicodedata.normalize("NFKD", text).casefold().translate(_fold_table())
 
 
-def _may_hold_latex(text: str) -> bool:
-    # newsletter.latex.has_latex's test, repeated here so that plain text does not load the LaTeX
-    # tokenizer and its tables (tests/test_keywords.py holds the two to the same answer).
-    return "\\" in text or "$" in text or "{" in text
-
-
 def fold_text(text: str) -> str:
     """Return `text` with LaTeX rendered, accents stripped and case folded, for matching."""
-    if _may_hold_latex(text):
-        from newsletter.latex import latex_to_unicode
-
+    if has_latex(text):
         text = latex_to_unicode(text)
     return _fold_plain(text)
 
