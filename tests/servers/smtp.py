@@ -41,6 +41,7 @@ class ReceivedMessage:
     connection: int
     auth_user: str | None
     timestamp: float
+    mail_options: tuple[str, ...] = ()  # MAIL FROM's parameters, BODY=8BITMIME among them
 
 
 @dataclass(frozen=True)
@@ -483,6 +484,7 @@ class SmtpSink:
             connection=getattr(server, "connection_number", 0),
             auth_user=auth_user,
             timestamp=time.monotonic(),
+            mail_options=tuple(envelope.mail_options),
         )
         with self._cond:
             self.messages.append(message)
