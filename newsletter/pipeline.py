@@ -359,8 +359,8 @@ def translate_missing(session: Session, settings: Settings, translator: Translat
     """Translate the day's selected papers that still lack a translation, before the fan-out.
 
     A translation made from the feed's text is dropped when the API's text differs (store_day), which
-    can happen after the translate stage ran beside the harvest; this makes it again. A day that is
-    fully translated costs one query.
+    can happen after the translate stage ran beside the harvest; this makes it again. A paper the stage
+    could not translate (DeepL down) gets this second try too. A day fully translated costs one query.
     """
     if translator is None or not papers_to_translate(session, day):
         return
