@@ -56,6 +56,9 @@ HOSTILE = {
     "a Unicode line separator inside the text": CARD.format(label="x", text=("word \u2028 " * 200)),
     "an Outlook conditional comment on the long line": f"{OUTLOOK}{ENGLISH}{OUTLOOK}",
     "a run of Chinese right before a comment": "中" * 329 + OUTLOOK + "中" * 10,
+    "a bare ampersand before a run of Chinese": "<p>&" + "中" * 600 + "</p>",
+    "a bare ampersand before a run of Latin letters": "x" * 5 + "&" + "a" * 1200,
+    "a long element name where the line is full": "a" * 985 + "<blockquote>x</blockquote>" + "b" * 100,
 }
 
 
@@ -77,6 +80,11 @@ LEFT_AS_IS = {
     "a long line of CSS": '<style>' + "p.x { color: red } " * 80 + '</style><p>a</p>',
     "a comment longer than a line": "<!-- " + "note " * 250 + "-->",
     "a style block spanning lines": "<style>\n" + "p.x { color: red } " * 80 + "\n</style><p>a</p>",
+    "a tag begun on the line before": '<a\n title="' + "中" * 500 + '" href="x">link</a>',
+    "a tag that ends on the next line": "word " * 150 + '<img alt="' + "中" * 400 + '"\n src="x.png">',
+    "a quoted > inside a long attribute": '<a title="a>' + "中" * 600 + '" href=x>t</a>',
+    "a comment never closed": "<p>a</p><!-- " + "中" * 600,
+    "a pre element never closed": "<p>a</p><pre>" + "x " * 600,
     "one attribute longer than the limit": f'<a href="https://arxiv.org/abs/{"1" * 1200}">x</a>',
     "preformatted text": "<pre>" + "x " * 700 + "</pre>",
 }
@@ -102,7 +110,7 @@ PIECES = st.sampled_from([
     '<p class="a" style="margin:8px 0 0">', "</p>", '<b class="hit" style="background:#fff1a8">', "</b>", "<br>",
     '<a href="https://arxiv.org/abs/2611.00001" style="color:#0969da">', "</a>", "&amp;", "&#39;", " ", "\n",
     "量子纠缠", "。", "x" * 300, "中" * 400, "word " * 50, "<!--[if mso]><table><tr><td><![endif]-->",
-    "<style>p{color:red}</style>", '<img alt="a figure" src="https://example.org/a.png">',
+    "<style>p{color:red}</style>", '<img alt="a figure" src="https://example.org/a.png">', "&", "&am",
 ])
 TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<>&"), max_size=300)
 

@@ -10,6 +10,7 @@ import io
 import re
 import secrets
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
@@ -233,12 +234,16 @@ def part_boundary(rendered: RenderedDigest) -> str:
 # Octets a folded HTML line may hold: SMTP's limit less room for an empty comment's opening and the CRLF.
 _HTML_LINE_OCTETS = MAX_LINE_OCTETS - 8
 # Pieces of a line: what no break may enter (a comment, which Outlook reads when conditional, a declaration,
-# an element whose content a break would change or a client may read verbatim), a tag, or text between them.
+# an element whose content a break would change or a client may read verbatim), a tag (its quoted values
+# may hold ">"), or text between them.
 _HTML_PIECES = re.compile(
-    r"(<!--.*?-->|<(style|script|pre|textarea|title)\b.*?</\2\s*>|<[!?][^>]*>|<[^>]*>)", re.IGNORECASE | re.DOTALL
+    r"""(<!--.*?-->|<(style|script|pre|textarea|title)\b.*?</\2\s*>|<[!?][^>]*>|<(?:[^>"']|"[^"]*"|'[^']*')*>)""",
+    re.IGNORECASE | re.DOTALL,
 )
 _VERBATIM_OPENS = re.compile(r"<!--|<(style|script|pre|textarea|title)\b", re.IGNORECASE)
 _TAG_NAME = re.compile(r"</?[A-Za-z][^\s/>]*")
+# The end of text that may be a character reference cut short (&amp; -> &am).
+_PARTIAL_REFERENCE = re.compile(r"&#?[A-Za-z0-9]{0,32}$")
 
 
 def fold_html_lines(html: str) -> str:
@@ -248,7 +253,7 @@ def fold_html_lines(html: str) -> str:
     base64, a third more bytes and the larger part of building a message. A line is broken inside a tag
     after its name, at a space of text, or (in Chinese, with no space in reach) by an empty comment,
     never inside a comment or a style, script, pre, textarea or title element; a line that cannot be
-    broken so is left as it is (the part then goes as base64).
+    broken so, or that begins or ends inside a tag, is left as it is (the part then goes as base64).
     """
     lines = html.split("\n")
     long = [index for index, line in enumerate(lines) if len(line) * 4 > _HTML_LINE_OCTETS
@@ -267,7 +272,8 @@ def _octets(text: str) -> int:
 
 
 def _lines_inside_verbatim(html: str) -> set[int]:
-    """The lines that a comment or a style, script, pre, textarea or title element spanning lines touches."""
+    """The lines that a comment or a style, script, pre, textarea or title element spanning lines (or never
+    closed) touches."""
     found: set[int] = set()
     line, counted, position = 0, 0, 0
     while (opened := _VERBATIM_OPENS.search(html, position)) is not None:
@@ -276,7 +282,7 @@ def _lines_inside_verbatim(html: str) -> set[int]:
         position = closed.end() if closed is not None else len(html)
         line += html.count("\n", counted, opened.start())
         last = line + html.count("\n", opened.start(), position)
-        if last > line:
+        if last > line or closed is None:
             found.update(range(line, last + 1))
         line, counted = last, position
     return found
@@ -284,31 +290,44 @@ def _lines_inside_verbatim(html: str) -> set[int]:
 
 def _fold_html_line(line: str) -> str:
     """One line broken into lines of at most _HTML_LINE_OCTETS octets where it can be; as it was otherwise."""
-    out: list[str] = []
-    width = 0
     pieces = _HTML_PIECES.split(line)
     # split() gives text, then the whole match and the element name of a verbatim one, and so on.
-    for index in range(0, len(pieces), 3):
-        for kind, piece in (("text", pieces[index]), ("markup", pieces[index + 1] if index + 1 < len(pieces) else "")):
-            while piece:
-                size = _octets(piece)
-                if width + size <= _HTML_LINE_OCTETS:
-                    out.append(piece)
-                    width += size
-                    break
-                name = None if kind == "text" else _TAG_NAME.match(piece)
-                if kind == "text":
-                    head, piece = _break_text(piece, _HTML_LINE_OCTETS - width)
-                elif name is not None and _octets(piece[name.end():]) <= _HTML_LINE_OCTETS:
-                    head, piece = piece[: name.end()], piece[name.end():]  # whitespace after a tag's name
-                elif size <= _HTML_LINE_OCTETS and width:
-                    head = "<!--"  # before what no break may enter, an empty comment: it shows as nothing
-                    piece = "-->" + piece
-                else:
-                    return line  # one attribute, comment or element longer than a line: not ours to break
-                out.append(head + "\n")
-                width = 0
+    texts, markup = pieces[0::3], pieces[1::3]
+    if any("<" in text or ">" in text for text in texts):
+        return line  # a tag begun on another line, or not closed: its attributes would look like text
+    out: list[str] = []
+    width = 0
+    for kind, piece in _alternate(texts, markup):
+        while piece:
+            size = _octets(piece)
+            if width + size <= _HTML_LINE_OCTETS:
+                out.append(piece)
+                width += size
+                break
+            name = None if kind == "text" else _TAG_NAME.match(piece)
+            if kind == "text":
+                head, piece = _break_text(piece, _HTML_LINE_OCTETS - width)
+            elif name is not None and width + name.end() <= _HTML_LINE_OCTETS and (
+                _octets(piece[name.end():]) <= _HTML_LINE_OCTETS
+            ):
+                head, piece = piece[: name.end()], piece[name.end():]  # whitespace after a tag's name
+            elif size <= _HTML_LINE_OCTETS - 3 and width:
+                head = "<!--"  # before what no break may enter, an empty comment: it shows as nothing
+                piece = "-->" + piece
+            else:
+                return line  # one attribute, comment or element longer than a line: not ours to break
+            if not head and not width:
+                return line  # no break found that moves on
+            out.append(head + "\n")
+            width = 0
     return "".join(out)
+
+
+def _alternate(texts: list[str], markup: list[str]) -> Iterator[tuple[str, str]]:
+    for index, text in enumerate(texts):
+        yield "text", text
+        if index < len(markup):
+            yield "markup", markup[index]
 
 
 def _break_text(text: str, room: int) -> tuple[str, str]:
@@ -320,8 +339,9 @@ def _break_text(text: str, room: int) -> tuple[str, str]:
     space = fits.rfind(" ")
     if space >= 0:
         return text[:space], text[space + 1:]  # the line break stands for the space
-    if fits.rfind("&") > fits.rfind(";"):  # never inside a character reference
-        fits = fits[: fits.rfind("&")]
+    partial = _PARTIAL_REFERENCE.search(fits)
+    if partial is not None and partial.start() > 0:
+        fits = fits[: partial.start()]  # never inside a character reference
     return fits + "<!--", "-->" + text[len(fits):]
 
 
