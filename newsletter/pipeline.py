@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -140,6 +140,18 @@ class HarvestOutcome:
     counts: dict[str, Any] = field(default_factory=dict)  # the day's figures (empty when skipped)
     caught_up: list[dt.date] = field(default_factory=list)  # missed days stored now, oldest first
     skipped: str | None = None  # why the day was not harvested again
+    # Papers whose translation of the feed's words was dropped: the API's text differs (store_day).
+    retranslate: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EarlyStart:
+    """How a harvest lets match and translate start before the API's details are in (the workers' way)."""
+
+    # Called once the day's announcements and the feed's text are committed.
+    text_ready: Callable[[dt.date], None]
+    # Held while the details are written, so that no stage reads the day's papers while they change.
+    storing: Callable[[], AbstractContextManager[object]]
 
 
 def harvest_stage(
@@ -148,14 +160,14 @@ def harvest_stage(
     day: dt.date | None = None,
     categories: Sequence[str] = (),
     interest: Interest | None = None,
-    text_ready: Callable[[dt.date], None] | None = None,
+    early: EarlyStart | None = None,
 ) -> HarvestOutcome:
     """Store the papers announced on `day` (default: the feed's day) and on missed days before it.
 
     Everything is fetched first and written in one transaction; a day stored already is never fetched
     again. Missed days are rebuilt from the API when `categories` are given; the outcome lists them.
-    With `text_ready`, the feed's day is first stored with the feed's own text (committed) and
-    `text_ready(day)` called, so later stages can start while the API's details are fetched.
+    With `early`, the feed's day is first stored with the feed's own text (committed) and
+    `early.text_ready(day)` called, so later stages can start while the API's details are fetched.
     """
     if day is not None and is_harvested(session, day):
         return HarvestOutcome(day, skipped="already harvested")
@@ -164,17 +176,27 @@ def harvest_stage(
     feed = read_feed(transports.feed)
     current = feed.day if feed.has_announcement else None
     target = day or current
-    if text_ready is not None and target is not None and target == current and not is_harvested(session, target):
+    if early is not None and target is not None and target == current and not is_harvested(session, target):
         store_feed_text(session, feed, categories)
         session.commit()
-        text_ready(target)
+        early.text_ready(target)
     try:
         collected = _collect_days(session, transports, feed, target, categories, interest)
     except HarvestError as exc:
         exc.day = exc.day or target
         raise
-    for day_harvest in collected:
-        store_day(session, day_harvest)
+    with early.storing() if early is not None else nullcontext():
+        return _store_days(session, collected, target, feed, read_at)
+
+
+def _store_days(
+    session: Session, collected: list[DayHarvest], target: dt.date | None, feed: AnnouncementFeed, read_at: dt.datetime
+) -> HarvestOutcome:
+    """Write the collected days in one transaction and say what was done."""
+    current = feed.day if feed.has_announcement else None
+    # A run that failed in a later stage beside this harvest stays failed; a missed day's run starts afresh.
+    dropped = [arxiv_id for day_harvest in collected
+               for arxiv_id in store_day(session, day_harvest, reopen_failed=day_harvest.day != target)]  # fmt: skip
     caught_up = sorted(d.day for d in collected if d.day != target)
     runs.mark_caught_up(session, caught_up)
     if target is not None and target == current:
@@ -193,7 +215,7 @@ def harvest_stage(
         raise HarvestError("another run was storing the same days at the same time; try again") from exc
     mine = next((d for d in collected if d.day == target), None)
     if mine is not None:
-        return HarvestOutcome(target, mine.stats(), caught_up)
+        return HarvestOutcome(target, mine.stats(), caught_up, retranslate=dropped)
     if target is None:
         return HarvestOutcome(None, {"announced": 0}, caught_up)
     return HarvestOutcome(target, caught_up=caught_up, skipped="already harvested")
@@ -314,11 +336,11 @@ def harvest_day(
     day: dt.date | None,
     categories: Sequence[str] = (),
     interest: Interest | None = None,
-    text_ready: Callable[[dt.date], None] | None = None,
+    early: EarlyStart | None = None,
 ) -> HarvestOutcome:
     """Harvest the day (or the latest) and record it in its run; outcome.day is None when nothing was announced."""
     started = time.perf_counter()
-    outcome = harvest_stage(session, transports, day, categories, interest, text_ready)
+    outcome = harvest_stage(session, transports, day, categories, interest, early)
     if outcome.day is None:
         return outcome
     runs.claim_run(session, outcome.day)
@@ -358,11 +380,13 @@ def translate_day(session: Session, settings: Settings, translator: Translator |
 def translate_missing(session: Session, settings: Settings, translator: Translator | None, day: dt.date) -> None:
     """Translate the day's selected papers that still lack a translation, before the fan-out.
 
-    A translation made from the feed's text is dropped when the API's text differs (store_day), which
-    can happen after the translate stage ran beside the harvest; this makes it again. A paper the stage
-    could not translate (DeepL down) gets this second try too. A day fully translated costs one query.
+    A translation made from the feed's text is dropped when the API's text differs (store_day); when
+    the translate stage had already ended beside the harvest, this makes it again (otherwise the stage
+    reads the API's text itself). A paper the stage could not translate (DeepL down) gets a second try.
     """
-    if translator is None or not papers_to_translate(session, day):
+    if translator is None or not runs.stage_finished(session, day, Stage.TRANSLATE):
+        return
+    if not papers_to_translate(session, day):
         return
     translation = translate_selected(session, day, translator, settings.deepl_daily_character_budget)
     session.commit()
@@ -419,9 +443,13 @@ def claimed_elsewhere(session: Session, day: dt.date, subscriber_ids: list[int])
     )
 
 
-def _claimed_now(session: Session, day: dt.date) -> bool:
-    """Whether some digest of the day is claimed by a sender and not yet recorded sent or failed."""
-    claimed = select(col(Delivery.id)).where(col(Delivery.day) == day, col(Delivery.status) == DeliveryStatus.CLAIMED)
+def _claimed_now(session: Session, day: dt.date, lease: dt.timedelta) -> bool:
+    """Whether a sender holds a claim on a digest of the day within its lease (a stale one may have no sender)."""
+    claimed = select(col(Delivery.id)).where(
+        col(Delivery.day) == day,
+        col(Delivery.status) == DeliveryStatus.CLAIMED,
+        col(Delivery.claimed_at) > utcnow() - lease,
+    )
     return session.scalars(claimed.limit(1)).first() is not None
 
 
@@ -434,7 +462,7 @@ def finish_day(
     if run is None or run.status != RunStatus.RUNNING:
         session.commit()
         return run
-    if not force and _claimed_now(session, day):
+    if not force and _claimed_now(session, day, lease):
         # Another sender is still at work on the day and calls this again when it is done; checking
         # every recipient (a join over the day's selections) after each chunk cost the database more
         # CPU than the claims and records of the chunk.

@@ -111,15 +111,23 @@ def _set_counts(row: RunStage, counts: dict[str, int]) -> None:
         setattr(row, name, int(value))
 
 
-def mark_harvested(session: Session, day: dt.date, announced: int, details: dict[str, Any]) -> None:
-    """Mark the day's papers stored and record its harvest counts, in the caller's transaction."""
+def mark_harvested(
+    session: Session, day: dt.date, announced: int, details: dict[str, Any], reopen_failed: bool = True
+) -> None:
+    """Mark the day's papers stored and record its harvest counts, in the caller's transaction.
+
+    A run that is not running starts afresh, its later stages to be done again, unless `reopen_failed`
+    is False and it failed in a later stage: then match or translate failed beside this harvest.
+    """
     locked = select(Run).where(col(Run.day) == day).with_for_update().execution_options(populate_existing=True)
     run = session.scalars(locked).first() or Run(day=day)
     now = utcnow()
     run.harvested_at = now
-    # Match and translate run beside the harvest's details: a run one of them failed stays failed.
     failed_beside = run.status == RunStatus.FAILED and run.failed_stage not in (None, Stage.HARVEST)
-    if not failed_beside:
+    if run.id is not None and run.status != RunStatus.RUNNING and (reopen_failed or not failed_beside):
+        # Stages done in an earlier attempt read papers and selections that this harvest may have changed.
+        session.execute(delete(RunStage).where(col(RunStage.run_id) == run.id, col(RunStage.stage) != Stage.HARVEST))
+    if reopen_failed or not failed_beside:
         run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
     session.add(run)
     session.flush()

@@ -7,19 +7,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from newsletter import runs
 from newsletter.config import Settings
+from newsletter.delivery import claim_deliveries
 from newsletter.demo import sample_transports
 from newsletter.mail import SmtpBackend
-from newsletter.models import RunStatus, Subscriber, SubscriberStatus
-from newsletter.pipeline import Transports, days_to_resume, run_daily
+from newsletter.models import Delivery, RunStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.pipeline import Transports, days_to_resume, finish_day, run_daily
 from newsletter.status import status_lines
-from newsletter.subscribers import subscribe
-from tests.delivery_helpers import smtp_settings_for
+from newsletter.subscribers import subscribe, unsubscribe
+from tests.delivery_helpers import DAY, deliver, seed_day, smtp_settings_for
 from tests.servers.smtp import SENDER_REJECTED_REPLY, SmtpSink
 from tests.test_pipeline import SAMPLE_DAY, load_sample_day
 
@@ -108,3 +109,28 @@ def test_the_next_run_first_resumes_the_days_still_owing_digests_oldest_first(
     assert [earlier.day for earlier in summary.earlier] == expected
     assert all(runs.find_run(session, day).status == RunStatus.COMPLETED for day in expected)  # type: ignore[union-attr]
     assert runs.find_run(session, owing[0]).status == RunStatus.INCOMPLETE  # type: ignore[union-attr]
+
+
+def test_a_stale_claim_nobody_will_take_over_ends_the_day_naming_it_rather_than_keeping_it_running(
+    session: Session, engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    addresses = seed_day(session, 3)
+    runs.open_run(session, DAY, reopen_finished=False)
+    ids = {s.email: s.id for s in session.scalars(select(Subscriber).where(col(Subscriber.email).in_(addresses)))}
+    # A sender claimed the last reader's digest and died; the reader left before anyone took it over.
+    (claim,) = claim_deliveries(session, DAY, [ids[addresses[2]]], dt.timedelta(minutes=10))
+    session.execute(update(Delivery).where(col(Delivery.id) == claim.delivery_id)
+                    .values(claimed_at=utcnow() - dt.timedelta(hours=1)))
+    left = session.get(Subscriber, ids[addresses[2]])
+    assert left is not None
+    unsubscribe(left)
+    session.commit()
+    settings = smtp_settings_for(engine, tmp_path, smtp_sink)
+
+    result = deliver(session, settings, subscriber_ids=[ids[address] for address in addresses[:2]])
+    run = finish_day(session, DAY, lease=dt.timedelta(minutes=10))
+
+    assert result.sent == 2
+    # No sender holds the claim within its lease: the last chunk's check ends the day and names it.
+    assert run is not None and run.status == RunStatus.INCOMPLETE
+    assert run.reason is not None and addresses[2] in run.reason

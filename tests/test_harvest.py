@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from newsletter.config import Settings
-from newsletter.models import Announcement, Paper, Run
-from newsletter.pipeline import harvest_stage, production_transports, run_daily
+from newsletter.models import Announcement, Paper, Run, Translation, TranslationRejection
+from newsletter.pipeline import EarlyStart, harvest_stage, production_transports, run_daily
 from newsletter.status import status_lines
 from tests.conftest import REFERENCE, make_settings
 from tests.servers import ArxivServer, build_empty_feed, build_feed, make_paper
@@ -478,7 +480,7 @@ def test_an_api_entry_with_an_unexpected_id_is_skipped_with_a_reason_and_the_fee
     assert set(announced(session, THURSDAY)) == {"2611.00001", "2611.00002"}
 
 
-def test_with_text_ready_the_feeds_text_is_committed_before_the_api_is_asked_and_the_api_then_wins(
+def test_an_early_start_commits_the_feeds_text_first_and_a_translation_of_words_the_api_changed_goes(
     session: Session, engine, arxiv
 ) -> None:  # type: ignore[no-untyped-def]
     server, settings, transports = arxiv
@@ -487,6 +489,7 @@ def test_with_text_ready_the_feeds_text_is_committed_before_the_api_is_asked_and
     server.add_papers(make_paper("2611.00001", title="A feed title", abstract="The API's words.",
                                  categories=["cs.LG"], comment="9 pages"))
     seen: list[tuple[dt.date, list[tuple[str, str]], int, object]] = []
+    events: list[str] = []
 
     def text_ready(day: dt.date) -> None:
         # Read from another connection: the feed's text must be committed, the day not yet harvested.
@@ -494,12 +497,26 @@ def test_with_text_ready_the_feeds_text_is_committed_before_the_api_is_asked_and
             papers = [tuple(row) for row in other.execute(select(Paper.abstract, Paper.details_source))]
             harvested = other.scalars(select(Run.harvested_at).where(Run.day == day)).first()
             seen.append((day, papers, len(server.api_requests), harvested))
+            # What the translate stage does meanwhile, from the feed's words: a translation, a refusal.
+            other.add(Translation(arxiv_id="2611.00001", language="ZH-HANS", title="标题", abstract="饲料的话。"))
+            other.add(TranslationRejection(arxiv_id="2611.00001", language="DE", reason="r", fallback="f"))
+            other.commit()
 
-    outcome = harvest_stage(session, transports, None, CATEGORIES, text_ready=text_ready)
+    @contextmanager
+    def storing() -> Iterator[None]:
+        events.append(f"storing after {len(server.api_requests)} API request(s)")
+        yield
+        events.append("stored")
+
+    outcome = harvest_stage(session, transports, None, CATEGORIES, early=EarlyStart(text_ready, storing))
 
     assert outcome.day == THURSDAY
     assert seen == [(THURSDAY, [("The feed's words.", "feed")], 0, None)]
+    assert events == ["storing after 1 API request(s)", "stored"]
     paper = session.get(Paper, "2611.00001", populate_existing=True)
     assert paper is not None
     assert (paper.abstract, paper.comment, paper.details_source) == ("The API's words.", "9 pages", "api")
     assert announced(session, THURSDAY) == {"2611.00001": "new"}
+    # Made from words the digest no longer shows: both go, and the harvest says which paper to translate again.
+    assert outcome.retranslate == ["2611.00001"]
+    assert count(session, Translation) == 0 and count(session, TranslationRejection) == 0

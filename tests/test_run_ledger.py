@@ -164,13 +164,31 @@ def test_a_run_that_failed_in_match_beside_the_harvest_stays_failed_when_the_det
     runs.claim_run(session, DAY)
     runs.fail_run(session, DAY, "match failed: OperationalError: disk full", Stage.MATCH)
 
-    runs.mark_harvested(session, DAY, 12, {"source": "feed"})
+    runs.mark_harvested(session, DAY, 12, {"source": "feed"}, reopen_failed=False)
     session.commit()
 
     run = runs.find_run(session, DAY)
     assert run is not None and run.harvested_at is not None
     assert (run.status, run.failed_stage) == (RunStatus.FAILED, Stage.MATCH)
     assert not runs.ready_for_delivery(session, DAY)
+
+
+def test_a_missed_day_caught_up_after_a_failed_attempt_runs_its_stages_again(session: Session) -> None:
+    # An attempt matched and translated the feed's text, then its harvest failed for good.
+    runs.claim_run(session, MISSED)
+    runs.record_stage(session, MISSED, Stage.MATCH, 0.5, selections=3)
+    runs.record_stage(session, MISSED, Stage.TRANSLATE, 0.5, translated=2)
+    runs.fail_run(session, MISSED, "harvest failed: arXiv answered HTTP 503", Stage.HARVEST)
+
+    # A later day's harvest catches it up from the API.
+    runs.mark_harvested(session, MISSED, 12, {"source": "api-window"})
+    session.commit()
+
+    run = runs.find_run(session, MISSED)
+    assert run is not None and (run.status, run.failed_stage) == (RunStatus.RUNNING, None)
+    # Its selections are made again from the stored papers, not kept from the failed attempt.
+    assert list(runs.stage_rows(session, run)) == [Stage.HARVEST]
+    assert not runs.stage_finished(session, MISSED, Stage.MATCH)
 
 
 def test_the_fan_out_waits_for_both_the_details_and_the_translations(session: Session) -> None:

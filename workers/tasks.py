@@ -30,6 +30,7 @@ from newsletter.db import engine_for, session_scope
 from newsletter.harvest import HarvestError
 from newsletter.models import RunStatus, Stage
 from newsletter.pipeline import (
+    EarlyStart,
     claimed_elsewhere,
     deliver_chunk,
     delivery_chunks,
@@ -135,14 +136,18 @@ def harvest(day: str) -> str:
         if not run_is_open(session, date):
             return "skipped: the run ended"
         interest = details_interest(session, settings)
-        harvest = harvest_day(
-            session, production_transports(settings), date, settings.categories, interest, start_text_stages
-        )
+        # The details are written under the day lock: never while match or translate reads the papers.
+        early = EarlyStart(start_text_stages, lambda: locked_day(date, 1900))
+        transports = production_transports(settings)
+        harvest = harvest_day(session, transports, date, settings.categories, interest, early)
         if harvest.day is None:
             end_run(session, date, RunStatus.NO_ANNOUNCEMENT, "the feed shows no announcement")
             return "no announcement"
         if not text_queued:
             start_text_stages(date)
+        if harvest.retranslate:
+            with locked_day(date, 1900):
+                translate_missing(session, settings, transports.translator, date)
         queue_delivery_when_ready(session, date)
     # Days missed while the service was down were harvested too; each gets its own digests.
     for missed in harvest.caught_up:
@@ -188,7 +193,6 @@ def fan_out(day: str) -> int:
     with day_session(day) as (session, date), locked_day(date, 360):
         if not run_is_open(session, date) or deliveries_enqueued(session, date):
             return 0
-        translate_missing(session, settings, production_transports(settings).translator, date)
         chunks = delivery_chunks(session, date, settings.delivery_chunk_size)
         for chunk in chunks:
             send_digests.delay(day, chunk)

@@ -26,6 +26,7 @@ from newsletter.models import (
     Paper,
     Run,
     Translation,
+    TranslationRejection,
     table_of,
     utcnow,
 )
@@ -299,14 +300,19 @@ def upsert_paper(session: Session, record: PaperRecord) -> Paper:
     return paper
 
 
-def store_day(session: Session, harvest: DayHarvest) -> None:
-    """Write a collected day: papers, announcements and the day's run row marked harvested (caller commits)."""
-    drop_translations_of_changed_text(session, harvest.records)
+def store_day(session: Session, harvest: DayHarvest, reopen_failed: bool = True) -> list[str]:
+    """Write a collected day: papers, announcements and the day's run row marked harvested (caller commits).
+
+    Returns the papers whose translations were dropped (drop_translations_of_changed_text); see
+    mark_harvested for `reopen_failed`.
+    """
+    dropped = drop_translations_of_changed_text(session, harvest.records)
     upsert_papers(session, harvest.records)
     _insert_announcements(session, harvest)
     details = {key: value for key, value in harvest.stats().items() if key != "announced"}
-    mark_harvested(session, harvest.day, len(harvest.announcements), details)
+    mark_harvested(session, harvest.day, len(harvest.announcements), details, reopen_failed)
     record_completeness(session, harvest)
+    return dropped
 
 
 def _insert_announcements(session: Session, harvest: DayHarvest) -> None:
@@ -323,7 +329,8 @@ def drop_translations_of_changed_text(session: Session, records: Sequence[PaperR
     """Delete the translations of papers held with the feed's text whose API title or abstract differs.
 
     Such a translation was made from the feed's words while the details were fetched; the digest
-    shows the API's, so the paper is translated again (the fan-out does it) rather than mismatched.
+    shows the API's, so the paper is translated again rather than mismatched. A refusal of the feed's
+    words (TranslationRejection) goes too: the API's may translate.
     """
     incoming = {record.arxiv_id: record for record in records if record.details_source == "api"}
     ids = list(incoming)
@@ -339,7 +346,8 @@ def drop_translations_of_changed_text(session: Session, records: Sequence[PaperR
             if record.version >= version and (record.title, record.abstract) != (title, abstract):
                 changed.append(arxiv_id)
     for start in range(0, len(changed), 1000):
-        session.execute(delete(Translation).where(col(Translation.arxiv_id).in_(changed[start:start + 1000])))
+        for model in (Translation, TranslationRejection):
+            session.execute(delete(model).where(col(model.arxiv_id).in_(changed[start:start + 1000])))
     if changed:
         log.info("the API's text differs from the feed's for %s; their translations are made again", changed)
     return changed
