@@ -124,10 +124,11 @@ def mark_harvested(
     now = utcnow()
     run.harvested_at = now
     failed_beside = run.status == RunStatus.FAILED and run.failed_stage not in (None, Stage.HARVEST)
-    if run.id is not None and run.status != RunStatus.RUNNING and (reopen_failed or not failed_beside):
+    reopen = reopen_failed or not failed_beside
+    if reopen and run.id is not None and run.status != RunStatus.RUNNING:
         # Stages done in an earlier attempt read papers and selections that this harvest may have changed.
         session.execute(delete(RunStage).where(col(RunStage.run_id) == run.id, col(RunStage.stage) != Stage.HARVEST))
-    if reopen_failed or not failed_beside:
+    if reopen:
         run.status, run.reason, run.failed_stage, run.finished_at = RunStatus.RUNNING, None, None, None
     session.add(run)
     session.flush()
